@@ -1,0 +1,468 @@
+//! The configuration model. Every struct refuses unknown keys; every field has a default,
+//! so an empty file is a valid (if useless) configuration. docs/configuration.md documents
+//! each key.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Secret;
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listener, limits, TLS, worker threads.
+    pub server: ServerConfig,
+    /// `X-Forwarded-*` handling.
+    pub forwarded: ForwardedConfig,
+    /// Path-prefix routes, matched longest first.
+    pub routes: Vec<RouteConfig>,
+    /// Named upstreams the routes point at.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Shared state backend (unset URL = in-memory).
+    pub redis: RedisConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// OpenTelemetry export.
+    pub otel: OtelConfig,
+    /// Admin endpoints.
+    pub admin: AdminConfig,
+    /// The plugin folder.
+    pub plugins: PluginsConfig,
+    /// The auth built-in.
+    pub auth: AuthConfig,
+    /// The rate-limit built-in.
+    pub rate_limit: RateLimitConfig,
+    /// The cache built-in.
+    pub cache: CacheConfig,
+    /// The router built-in.
+    pub router: RouterConfig,
+    /// The cors built-in.
+    pub cors: CorsConfig,
+    /// The request-signing built-in.
+    pub request_signing: RequestSigningConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to bind (`GATEWAY_HOST`).
+    pub host: String,
+    /// Port to bind (`GATEWAY_PORT`); 0 picks a free one.
+    pub port: u16,
+    /// Tokio worker threads (`GATEWAY_WORKERS`); 0 = number of cores.
+    pub workers: usize,
+    /// Cap on requests in flight across all connections; 0 = unlimited.
+    pub max_in_flight: usize,
+    /// Largest total size of request header names and values, in bytes (431 above).
+    pub max_header_bytes: usize,
+    /// Largest request body, in bytes (413 above).
+    pub max_body_bytes: u64,
+    /// Time a client has to send the complete request head, in ms.
+    pub header_read_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may run before they are cut, in ms.
+    pub shutdown_grace_ms: u64,
+    /// Accept HTTP/2 (ALPN `h2` under TLS, prior knowledge in cleartext).
+    pub http2: bool,
+    /// Inbound TLS; absent = cleartext.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            port: 3000,
+            workers: 0,
+            max_in_flight: 10_000,
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 30_000,
+            http2: true,
+            tls: None,
+        }
+    }
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+/// `[forwarded]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardedConfig {
+    /// Set `X-Forwarded-For`, `-Proto` and `-Host` on upstream requests.
+    pub enabled: bool,
+    /// Peers (IPs or CIDRs) whose incoming `X-Forwarded-*` values are believed and extended.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A name for metrics and logs; defaults to the prefix.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Path prefix, matched on segment boundaries.
+    pub prefix: String,
+    /// The upstream's name in `[upstreams]`.
+    pub upstream: String,
+    /// Remove the prefix before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+}
+
+impl RouteConfig {
+    /// The route's name, or its prefix when unnamed.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.prefix)
+    }
+}
+
+/// `[upstreams.NAME]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Target base URLs (`http://host:port[/base]` or `https://...`), round-robin.
+    pub targets: Vec<String>,
+    /// Time to open a connection, in ms.
+    pub connect_timeout_ms: u64,
+    /// Time to response headers and, unless the response is `text/event-stream`, the body, in ms.
+    pub request_timeout_ms: u64,
+    /// Cap on requests in flight to this upstream; 0 = unlimited.
+    pub max_in_flight: usize,
+    /// Speak HTTP/2 (prior knowledge for `http://`, ALPN for `https://`).
+    pub http2: bool,
+    /// Keep the client's `Host` instead of the target's.
+    pub preserve_host: bool,
+    /// Headers set on every upstream request; values may use `${ENV}` and are secrets.
+    pub inject_headers: BTreeMap<String, Secret>,
+    /// Headers removed from every upstream request.
+    pub remove_headers: Vec<String>,
+    /// Idle keep-alive connections are closed after this many ms.
+    pub pool_idle_timeout_ms: u64,
+    /// Idle keep-alive connections kept per target.
+    pub pool_max_idle_per_target: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            targets: Vec::new(),
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 60_000,
+            max_in_flight: 0,
+            http2: false,
+            preserve_host: false,
+            inject_headers: BTreeMap::new(),
+            remove_headers: Vec::new(),
+            pool_idle_timeout_ms: 90_000,
+            pool_max_idle_per_target: 256,
+        }
+    }
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://`, `rediss://`, `redis-sentinel://` or `redis-cluster://` URL; unset = in-memory state.
+    pub url: Option<Secret>,
+    /// `REDIS_PASSWORD`, when not in the URL.
+    pub password: Option<Secret>,
+    /// `REDIS_DB`.
+    pub db: u8,
+    /// Prefix of every key the gateway writes (`REDIS_KEY_PREFIX`).
+    pub key_prefix: String,
+    /// Timeout of every Redis command, in ms.
+    pub command_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            password: None,
+            db: 0,
+            key_prefix: "gateway:".into(),
+            command_timeout_ms: 1_000,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// One access-log line per request.
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+            access_log: true,
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics.
+    pub enabled: bool,
+    /// Where (`METRICS_PATH`).
+    pub path: String,
+    /// Bearer token required to scrape; unset = open.
+    pub token: Option<Secret>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            path: "/gateway/metrics".into(),
+            token: None,
+        }
+    }
+}
+
+/// `[otel]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtelConfig {
+    /// Export spans.
+    pub enabled: bool,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// OTLP http/protobuf endpoint.
+    pub otlp_endpoint: Option<String>,
+    /// Zipkin v2 endpoint.
+    pub zipkin_endpoint: Option<String>,
+    /// Fraction of new traces sampled, 0.0–1.0.
+    pub sampling_ratio: f64,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        OtelConfig {
+            enabled: false,
+            service_name: "wasmgate".into(),
+            otlp_endpoint: None,
+            zipkin_endpoint: None,
+            sampling_ratio: 1.0,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token for admin endpoints (`GATEWAY_ADMIN_TOKEN`); unset = those endpoints answer 403.
+    pub token: Option<Secret>,
+}
+
+/// `[plugins]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// The watched plugin folder (`PLUGINS_DIR`).
+    pub dir: String,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: "./plugins".into(),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require a credential on proxied routes.
+    pub enabled: bool,
+    /// Accepted API keys, plain (`AUTH_API_KEYS`).
+    pub api_keys: Vec<Secret>,
+    /// Accepted API keys given as hex sha256 of the key.
+    pub api_key_hashes: Vec<Secret>,
+    /// Salt of the worker token hash (`AUTH_TOKEN_SALT`).
+    pub token_salt: Option<Secret>,
+    /// Accepted worker token hashes (`AUTH_TOKEN_HASHES`).
+    pub token_hashes: Vec<Secret>,
+    /// What is hashed: `{salt}` and `{token}` filled in (`AUTH_TOKEN_HASH_FORMAT`).
+    pub token_hash_format: String,
+    /// HS256 secret for JWTs (`JWT_SECRET`).
+    pub jwt_secret: Option<Secret>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            api_keys: Vec::new(),
+            api_key_hashes: Vec::new(),
+            token_salt: None,
+            token_hashes: Vec::new(),
+            token_hash_format: "{salt}:{token}".into(),
+            jwt_secret: None,
+        }
+    }
+}
+
+/// Rate-limit window algorithm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitAlgorithm {
+    /// Sliding log window.
+    #[default]
+    Sliding,
+    /// Fixed window counter.
+    Fixed,
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Enforce a limit.
+    pub enabled: bool,
+    /// Window length in ms (`RATE_LIMIT_WINDOW_MS`).
+    pub window_ms: u64,
+    /// Requests allowed per window (`RATE_LIMIT_MAX_REQUESTS`).
+    pub max_requests: u64,
+    /// `sliding` or `fixed`.
+    pub algorithm: RateLimitAlgorithm,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: false,
+            window_ms: 60_000,
+            max_requests: 100,
+            algorithm: RateLimitAlgorithm::Sliding,
+        }
+    }
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Cache responses.
+    pub enabled: bool,
+    /// Default entry lifetime (`CACHE_TTL_SECONDS`).
+    pub ttl_seconds: u64,
+    /// Most entries kept (`CACHE_MAX_SIZE`).
+    pub max_size: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: false,
+            ttl_seconds: 300,
+            max_size: 1_000,
+        }
+    }
+}
+
+/// Upstream target choice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouterStrategy {
+    /// Each target in turn.
+    #[default]
+    RoundRobin,
+    /// The target with the fewest requests in flight.
+    LeastConnections,
+    /// Targets in the client's region first.
+    RegionAffinity,
+    /// The target whose workers report the least load.
+    LeastLoaded,
+}
+
+/// `[router]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// `ROUTER_STRATEGY`.
+    pub strategy: RouterStrategy,
+    /// Health check and worker registry refresh interval in ms (`ROUTER_HEALTH_CHECK_INTERVAL`).
+    pub health_check_interval_ms: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            strategy: RouterStrategy::RoundRobin,
+            health_check_interval_ms: 10_000,
+        }
+    }
+}
+
+/// `[cors]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Answer preflights and add CORS headers.
+    pub enabled: bool,
+    /// Allowed origins (`CORS_ORIGIN`, comma-separated; `*` for any).
+    pub origins: Vec<String>,
+    /// Allowed methods (`CORS_METHODS`).
+    pub methods: Vec<String>,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            enabled: false,
+            origins: vec!["*".into()],
+            methods: ["GET", "POST", "PUT", "DELETE", "OPTIONS"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+/// `[request_signing]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestSigningConfig {
+    /// HMAC secret (`REQUEST_SIGNING_SECRET`); unset = no signing.
+    pub secret: Option<Secret>,
+}

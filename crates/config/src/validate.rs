@@ -1,0 +1,247 @@
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::{Config, ConfigError, ConfigSource, Result};
+
+/// Parses a trusted-proxy entry: an IP address or a CIDR block.
+pub fn parse_trusted_proxy(s: &str) -> std::result::Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))
+}
+
+/// Checks what serde cannot: references between sections, URLs, ranges, header names.
+pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
+    let err = |key: String, msg: String| Err(ConfigError::invalid(source, key, msg));
+
+    if c.server.host.trim().is_empty() {
+        return err("server.host".into(), "must not be empty".into());
+    }
+    if c.server.max_header_bytes < 1024 {
+        return err("server.max_header_bytes".into(), "must be at least 1024".into());
+    }
+    if c.server.max_body_bytes == 0 {
+        return err("server.max_body_bytes".into(), "must be greater than 0".into());
+    }
+    if c.server.header_read_timeout_ms == 0 {
+        return err("server.header_read_timeout_ms".into(), "must be greater than 0".into());
+    }
+    if let Some(tls) = &c.server.tls {
+        for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+            if let Err(e) = std::fs::metadata(path) {
+                return err(key.into(), format!("cannot read `{path}`: {e}"));
+            }
+        }
+    }
+    for (i, p) in c.forwarded.trusted_proxies.iter().enumerate() {
+        if let Err(m) = parse_trusted_proxy(p) {
+            return err(format!("forwarded.trusted_proxies[{i}]"), m);
+        }
+    }
+
+    let mut prefixes = HashSet::new();
+    for (i, r) in c.routes.iter().enumerate() {
+        let key = |f: &str| format!("routes[{i}].{f}");
+        if !r.prefix.starts_with('/') {
+            return err(key("prefix"), format!("`{}` must start with `/`", r.prefix));
+        }
+        if r.prefix.contains(['?', '#']) {
+            return err(key("prefix"), "must be a path without query or fragment".into());
+        }
+        if !prefixes.insert(normalize_prefix(&r.prefix)) {
+            return err(key("prefix"), format!("`{}` is used by another route", r.prefix));
+        }
+        if !c.upstreams.contains_key(&r.upstream) {
+            let known: Vec<_> = c.upstreams.keys().map(String::as_str).collect();
+            return err(
+                key("upstream"),
+                format!("no upstream named `{}` (defined: {known:?})", r.upstream),
+            );
+        }
+    }
+
+    for (name, u) in &c.upstreams {
+        let key = |f: &str| format!("upstreams.{name}.{f}");
+        if u.targets.is_empty() {
+            return err(key("targets"), "needs at least one target URL".into());
+        }
+        for (i, t) in u.targets.iter().enumerate() {
+            if let Err(m) = check_target(t) {
+                return err(format!("upstreams.{name}.targets[{i}]"), m);
+            }
+        }
+        if u.connect_timeout_ms == 0 || u.request_timeout_ms == 0 {
+            return err(key("request_timeout_ms"), "timeouts must be greater than 0".into());
+        }
+        for (h, v) in &u.inject_headers {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return err(key("inject_headers"), format!("`{h}` is not a valid header name"));
+            }
+            if http::HeaderValue::from_str(v.expose()).is_err() {
+                return err(
+                    format!("upstreams.{name}.inject_headers.{h}"),
+                    "value is not a valid header value (control characters?)".into(),
+                );
+            }
+        }
+        for h in &u.remove_headers {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return err(key("remove_headers"), format!("`{h}` is not a valid header name"));
+            }
+        }
+    }
+
+    if let Some(url) = &c.redis.url {
+        let url = url.expose();
+        let ok = ["redis://", "rediss://", "redis-sentinel://", "redis-cluster://", "unix://"]
+            .iter()
+            .any(|s| url.starts_with(s));
+        if !ok {
+            return err(
+                "redis.url".into(),
+                "must start with redis://, rediss://, redis-sentinel://, redis-cluster:// or unix://"
+                    .into(),
+            );
+        }
+    }
+    if c.redis.command_timeout_ms == 0 {
+        return err("redis.command_timeout_ms".into(), "must be greater than 0".into());
+    }
+    if !c.metrics.path.starts_with('/') {
+        return err("metrics.path".into(), "must start with `/`".into());
+    }
+    if !(0.0..=1.0).contains(&c.otel.sampling_ratio) {
+        return err("otel.sampling_ratio".into(), "must be between 0.0 and 1.0".into());
+    }
+    for (key, ep) in [
+        ("otel.otlp_endpoint", &c.otel.otlp_endpoint),
+        ("otel.zipkin_endpoint", &c.otel.zipkin_endpoint),
+    ] {
+        if let Some(ep) = ep {
+            if let Err(m) = check_target(ep) {
+                return err(key.into(), m);
+            }
+        }
+    }
+    if !c.auth.token_hash_format.contains("{token}") {
+        return err(
+            "auth.token_hash_format".into(),
+            "must contain `{token}` (e.g. `{salt}:{token}`)".into(),
+        );
+    }
+    if c.rate_limit.window_ms == 0 || c.rate_limit.max_requests == 0 {
+        return err(
+            "rate_limit.window_ms".into(),
+            "window_ms and max_requests must be greater than 0".into(),
+        );
+    }
+    if c.log.level.trim().is_empty() {
+        return err("log.level".into(), "must not be empty".into());
+    }
+    Ok(())
+}
+
+fn normalize_prefix(p: &str) -> &str {
+    if p.len() > 1 {
+        p.trim_end_matches('/')
+    } else {
+        p
+    }
+}
+
+fn check_target(t: &str) -> std::result::Result<(), String> {
+    let uri: http::Uri = t
+        .parse()
+        .map_err(|e| format!("`{t}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("`{t}` must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{t}` has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{t}` must not have a query string"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MapEnv, RouteConfig, UpstreamConfig};
+
+    fn base() -> Config {
+        let mut c = Config::default();
+        c.upstreams.insert(
+            "b".into(),
+            UpstreamConfig {
+                targets: vec!["http://127.0.0.1:8000".into()],
+                ..Default::default()
+            },
+        );
+        c.routes.push(RouteConfig {
+            name: None,
+            prefix: "/api".into(),
+            upstream: "b".into(),
+            strip_prefix: false,
+        });
+        c
+    }
+
+    fn check(c: &Config) -> String {
+        validate(c, &ConfigSource::File("f.toml".into()))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn accepts_a_sane_config() {
+        assert_eq!(check(&base()), "");
+        let _ = MapEnv::default();
+    }
+
+    #[test]
+    fn refuses_dangling_route_and_bad_targets() {
+        let mut c = base();
+        c.routes[0].upstream = "nope".into();
+        assert!(check(&c).contains("routes[0].upstream"));
+        let mut c = base();
+        c.upstreams.get_mut("b").unwrap().targets = vec!["ftp://x".into()];
+        assert!(check(&c).contains("upstreams.b.targets[0]"));
+        let mut c = base();
+        c.upstreams.get_mut("b").unwrap().targets.clear();
+        assert!(check(&c).contains("upstreams.b.targets"));
+        let mut c = base();
+        c.routes[0].prefix = "api".into();
+        assert!(check(&c).contains("routes[0].prefix"));
+        let mut c = base();
+        c.routes.push(c.routes[0].clone());
+        c.routes[1].prefix = "/api/".into();
+        assert!(check(&c).contains("used by another route"));
+    }
+
+    #[test]
+    fn refuses_bad_trusted_proxy_and_ratio() {
+        let mut c = base();
+        c.forwarded.trusted_proxies = vec!["10.0.0.0/8".into(), "nonsense".into()];
+        assert!(check(&c).contains("forwarded.trusted_proxies[1]"));
+        let mut c = base();
+        c.otel.sampling_ratio = 1.5;
+        assert!(check(&c).contains("otel.sampling_ratio"));
+    }
+
+    #[test]
+    fn trusted_proxy_accepts_ips_and_cidrs() {
+        assert!(parse_trusted_proxy("127.0.0.1").unwrap().contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
+        assert!(parse_trusted_proxy("::1").is_ok());
+        assert!(parse_trusted_proxy("10.0.0.0/8").unwrap().contains(&"10.1.2.3".parse::<IpAddr>().unwrap()));
+    }
+}
