@@ -1,1 +1,109 @@
-fn main(){}
+//! `wasmgate`: the gateway binary. Thin: parses the command line, loads the configuration,
+//! starts the runtime and wires reload and shutdown. The work is in `crates/`.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod reload;
+mod source;
+
+use source::ConfigLoader;
+
+/// A WebAssembly-extensible API gateway for GPU inference backends.
+#[derive(Debug, Parser)]
+#[command(name = "wasmgate", version, about)]
+struct Cli {
+    /// TOML configuration file. Without one, the ACIP `.env` names configure the gateway
+    /// (the process environment, over a `.env` in the working directory).
+    #[arg(long, short = 'c', env = "WASMGATE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the configuration and exit: 0 when valid, 1 with the reason when not.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loader = ConfigLoader::new(cli.config.clone());
+    let config = match loader.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wasmgate: invalid configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            println!(
+                "{}: configuration is valid ({} routes, {} upstreams)",
+                loader.describe(),
+                config.routes.len(),
+                config.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Run => match run(loader, config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wasmgate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging(cfg: &wasmgate_config::LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|e| {
+        eprintln!("wasmgate: log.level `{}` is not a valid filter ({e}); using `info`", cfg.level);
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    match cfg.format {
+        wasmgate_config::LogFormat::Json => builder.json().flatten_event(true).init(),
+        wasmgate_config::LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(loader: ConfigLoader, config: wasmgate_config::Config) -> anyhow::Result<()> {
+    init_logging(&config.log);
+    for name in loader.unknown_env_names() {
+        tracing::warn!(variable = %name, "environment variable looks like an ACIP setting but is not read (misspelt?)");
+    }
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("wasmgate-worker")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let gateway = wasmgate_proxy::Gateway::new(config)?;
+        let server = wasmgate_proxy::Server::bind(&gateway).await?;
+        tracing::info!(
+            address = %server.local_addr(),
+            workers,
+            config = %loader.describe(),
+            version = wasmgate_proxy::VERSION,
+            "wasmgate listening"
+        );
+        reload::spawn(loader, gateway.clone())?;
+        server.run(wasmgate_proxy::shutdown_signal()).await;
+        tracing::info!("wasmgate stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,194 @@
+//! Body types: the boxed body both directions use, a size-limited request body, and the
+//! response body that enforces the request deadline and holds the in-flight permits.
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+use std::future::Future as _;
+use tokio::time::{Instant, Sleep};
+
+/// Boxed error of streaming bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request and response the gateway produces.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// The error a [`LimitedBody`] yields past its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+pin_project_lite::pin_project! {
+    /// Streams a body through, failing once more than `limit` bytes passed. The shared flag
+    /// tells the handler that an upstream error was caused by the limit (→ 413).
+    pub struct LimitedBody<B> {
+        #[pin]
+        inner: B,
+        seen: u64,
+        limit: u64,
+        tripped: Arc<AtomicBool>,
+    }
+}
+
+impl<B> LimitedBody<B> {
+    /// Wraps `inner`; `tripped` is set when the limit is passed.
+    pub fn new(inner: B, limit: u64, tripped: Arc<AtomicBool>) -> Self {
+        LimitedBody {
+            inner,
+            seen: 0,
+            limit,
+            tripped,
+        }
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > *this.limit {
+                        this.tripped.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The error a [`ResponseBody`] yields when the request deadline passes mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body not complete within the request timeout")]
+pub struct BodyDeadline;
+
+pin_project_lite::pin_project! {
+    /// The upstream response body on its way to the client: chunks pass as they arrive;
+    /// an optional deadline cuts a body that is too slow (not used for SSE); `guard` lives
+    /// until the body is done, so in-flight permits cover the whole response.
+    pub struct ResponseBody<B, G> {
+        #[pin]
+        inner: B,
+        #[pin]
+        deadline: Option<Sleep>,
+        guard: Option<G>,
+    }
+}
+
+impl<B, G> ResponseBody<B, G> {
+    /// Wraps `inner`; `deadline` (if any) ends the body with an error when it passes.
+    pub fn new(inner: B, deadline: Option<Instant>, guard: G) -> Self {
+        ResponseBody {
+            inner,
+            deadline: deadline.map(tokio::time::sleep_until),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B, G> Body for ResponseBody<B, G>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match polled {
+            Poll::Ready(None) => {
+                this.guard.take();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.guard.take();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+            Poll::Pending => {
+                if let Some(sleep) = this.deadline.as_pin_mut() {
+                    if sleep.poll(cx).is_ready() {
+                        this.guard.take();
+                        return Poll::Ready(Some(Err(Box::new(BodyDeadline))));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    fn chunks(n: usize, size: usize) -> impl Body<Data = Bytes, Error = BoxError> {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = (0..n)
+            .map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; size]))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn limited_body_trips_past_the_limit() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let ok = LimitedBody::new(chunks(4, 10), 40, flag.clone()).collect().await;
+        assert!(ok.is_ok());
+        assert!(!flag.load(Ordering::Acquire));
+        let err = LimitedBody::new(chunks(5, 10), 40, flag.clone()).collect().await;
+        assert!(err.is_err());
+        assert!(flag.load(Ordering::Acquire));
+    }
+}

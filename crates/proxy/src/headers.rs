@@ -1,0 +1,105 @@
+//! Header hygiene: hop-by-hop removal (RFC 9110 §7.6.1), request ids, header size.
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Request-ID`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers that describe one connection and never cross the proxy.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes `Connection`, every header it names, and the fixed hop-by-hop set.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // Not hop-by-hop by name, but connection-specific in practice.
+    headers.remove(HeaderName::from_static("proxy-connection"));
+}
+
+/// True for an incoming request id worth keeping: 1–128 characters of `[A-Za-z0-9._:-]`
+/// (UUIDs and the usual trace-style ids pass; anything that could inject into logs does not).
+pub fn is_valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// The request's id: the incoming `X-Request-ID` when valid, else a new UUID v4.
+pub fn request_id(headers: &HeaderMap) -> String {
+    match headers.get(X_REQUEST_ID) {
+        Some(v) if is_valid_request_id(v.as_bytes()) => {
+            // Valid ids are ASCII by construction.
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        }
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// Sum of header name and value lengths, as a client would have sent them.
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+/// Builds a header value from a string known to be valid (ids we generated, numbers).
+pub fn value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, X-Secret-Hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("proxy-authorization", "Basic x".parse().unwrap());
+        h.insert("x-keep", "yes".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(is_valid_request_id(b"550e8400-e29b-41d4-a716-446655440000"));
+        assert!(is_valid_request_id(b"req_01:abc.def"));
+        assert!(!is_valid_request_id(b""));
+        assert!(!is_valid_request_id(b"has space"));
+        assert!(!is_valid_request_id(&[b'a'; 129]));
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, "bad\tid".parse().unwrap());
+        let id = request_id(&h);
+        assert!(uuid::Uuid::parse_str(&id).is_ok());
+        h.insert(X_REQUEST_ID, "keep-me-1".parse().unwrap());
+        assert_eq!(request_id(&h), "keep-me-1");
+    }
+}

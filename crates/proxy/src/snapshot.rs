@@ -1,0 +1,160 @@
+//! The running configuration, swapped atomically on reload.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+use wasmgate_config::{parse_trusted_proxy, Config};
+
+use crate::forwarded::Forwarded;
+use crate::routes::RouteTable;
+use crate::upstream::Upstream;
+
+/// Why a configuration could not be turned into a running snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// An upstream could not be built.
+    #[error("upstreams.{name}: {message}")]
+    Upstream {
+        /// Upstream name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A trusted proxy entry does not parse.
+    #[error("forwarded.trusted_proxies: {0}")]
+    TrustedProxy(String),
+}
+
+/// Everything a request needs from the configuration, built once per (re)load.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The configuration this was built from.
+    pub config: Arc<Config>,
+    /// Compiled routes.
+    pub routes: RouteTable,
+    /// Upstreams by name.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub(crate) forwarded: Forwarded,
+}
+
+impl Snapshot {
+    /// The client's address: the peer, or the first untrusted hop of `X-Forwarded-For`
+    /// when the peer is a trusted proxy (and forwarding is configured).
+    pub fn client_ip(&self, peer: std::net::IpAddr, headers: &http::HeaderMap) -> std::net::IpAddr {
+        self.forwarded.client_ip(peer, headers)
+    }
+
+    /// Builds a snapshot, reusing `previous`'s upstream pools whose settings did not change
+    /// (so a reload keeps warm connections).
+    pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
+        let mut upstreams = HashMap::new();
+        for (name, cfg) in &config.upstreams {
+            let reused = previous.and_then(|p| {
+                (p.config.upstreams.get(name) == Some(cfg))
+                    .then(|| p.upstreams.get(name).cloned())
+                    .flatten()
+            });
+            let upstream = match reused {
+                Some(u) => u,
+                None => Arc::new(Upstream::new(name, cfg).map_err(|message| {
+                    BuildError::Upstream {
+                        name: name.clone(),
+                        message,
+                    }
+                })?),
+            };
+            upstreams.insert(name.clone(), upstream);
+        }
+        let trusted = config
+            .forwarded
+            .trusted_proxies
+            .iter()
+            .map(|p| parse_trusted_proxy(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(BuildError::TrustedProxy)?;
+        Ok(Snapshot {
+            routes: RouteTable::new(&config.routes),
+            forwarded: Forwarded {
+                enabled: config.forwarded.enabled,
+                trusted,
+            },
+            upstreams,
+            config: Arc::new(config),
+        })
+    }
+}
+
+pub(crate) struct GatewayInner {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub in_flight: Option<Arc<Semaphore>>,
+    pub started: Instant,
+}
+
+/// The gateway: the current snapshot plus process-wide state. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) inner: Arc<GatewayInner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Builds a gateway from a validated configuration.
+    pub fn new(config: Config) -> Result<Gateway, BuildError> {
+        let max = config.server.max_in_flight;
+        let snapshot = Snapshot::build(config, None)?;
+        Ok(Gateway {
+            inner: Arc::new(GatewayInner {
+                snapshot: ArcSwap::from_pointee(snapshot),
+                in_flight: (max > 0).then(|| Arc::new(Semaphore::new(max))),
+                started: Instant::now(),
+            }),
+        })
+    }
+
+    /// The snapshot requests use now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    /// Swaps in a new configuration. Requests in flight finish on the old snapshot. Listener
+    /// settings (`server.host`, `port`, `tls`, `workers`, `http2`, `max_in_flight`,
+    /// `header_read_timeout_ms`) need a restart; a change to them is reported in the result.
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, BuildError> {
+        let current = self.snapshot();
+        let old = &current.config.server;
+        let new = &config.server;
+        let mut restart = Vec::new();
+        let checks: [(&'static str, bool); 7] = [
+            ("server.host", old.host != new.host),
+            ("server.port", old.port != new.port),
+            ("server.tls", old.tls != new.tls),
+            ("server.workers", old.workers != new.workers),
+            ("server.http2", old.http2 != new.http2),
+            ("server.max_in_flight", old.max_in_flight != new.max_in_flight),
+            (
+                "server.header_read_timeout_ms",
+                old.header_read_timeout_ms != new.header_read_timeout_ms,
+            ),
+        ];
+        for (key, changed) in checks {
+            if changed {
+                restart.push(key);
+            }
+        }
+        let next = Snapshot::build(config, Some(&current))?;
+        self.inner.snapshot.store(Arc::new(next));
+        Ok(restart)
+    }
+
+    /// Seconds since the gateway was built.
+    pub fn uptime_secs(&self) -> u64 {
+        self.inner.started.elapsed().as_secs()
+    }
+}
