@@ -1,0 +1,36 @@
+//! Test fixtures for wasmgate, in the style of linkerd2-proxy's integration kit:
+//!
+//! ```ignore
+//! let up = upstream().route("/", "ok").spawn().await;
+//! let gw = gateway().upstream(&up).spawn().await;
+//! let redis = RedisServer::start().await;
+//! ```
+//!
+//! Everything listens on `127.0.0.1:0` and stops when dropped. [`sim`] is the inference
+//! simulator (a stand-in for the FastAPI GPU server and its Python workers), also shipped as
+//! the `wasmgate-sim` binary for the demo and the benchmarks.
+#![deny(missing_docs)]
+
+pub mod gateway;
+pub mod redis;
+pub mod sim;
+pub mod upstream;
+
+pub use gateway::{gateway, GatewayBuilder, TestGateway};
+pub use redis::RedisServer;
+pub use upstream::{upstream, Recorded, TestUpstream, UpstreamBuilder};
+
+/// A free TCP port on 127.0.0.1 (bound and released; fine for child processes that need a
+/// number up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Installs the ring crypto provider as the process default (idempotent), for rustls users
+/// in tests such as reqwest built with `rustls-no-provider`.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
