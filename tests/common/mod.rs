@@ -1,0 +1,158 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A plain HTTP/1.1 client with no connection reuse surprises and a global timeout.
+pub fn client() -> reqwest::Client {
+    wasmgate_testkit::install_crypto_provider();
+    reqwest::Client::builder()
+        .http1_only()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// Asserts the gateway's JSON error shape and returns the body.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    assert_eq!(
+        resp.headers()["content-type"], "application/json",
+        "error responses are JSON"
+    );
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v: Value = resp.json().await.expect("JSON error body");
+    assert_eq!(v["error"], code, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert_eq!(v["request_id"], rid.as_str(), "body and header carry the same id");
+    v
+}
+
+/// The upstream echo's view of the request headers: name → first value.
+pub fn echoed_header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
+    echo["headers"][name][0].as_str()
+}
+
+/// The `wasmgate` binary running as a child process, its stdout collected.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl GatewayProcess {
+    /// Starts `cmd` (stdout piped) and waits for the "wasmgate listening" line.
+    pub fn spawn(mut cmd: std::process::Command) -> GatewayProcess {
+        use std::io::BufRead;
+        cmd.stdout(std::process::Stdio::piped());
+        cmd.stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn wasmgate");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<std::net::SocketAddr>();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("wasmgate listening") {
+                        if let Some(addr) = line
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix("address="))
+                            .and_then(|a| a.parse().ok())
+                        {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("wasmgate did not start; output:\n{}", log.lock().unwrap());
+            }
+        };
+        GatewayProcess { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the output contains `needle`.
+    pub async fn wait_log(&self, needle: &str, within: Duration) -> bool {
+        let end = std::time::Instant::now() + within;
+        while std::time::Instant::now() < end {
+            if self.log().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`).
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let end = std::time::Instant::now() + within;
+        while std::time::Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        None
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command for the `wasmgate` binary with a clean environment for the ACIP names.
+pub fn wasmgate_command(cwd: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wasmgate"));
+    cmd.current_dir(cwd);
+    for (name, _) in wasmgate_config::ACIP_ENV_NAMES {
+        cmd.env_remove(name);
+    }
+    cmd.env_remove("WASMGATE_CONFIG");
+    cmd
+}
+
+/// A fresh temporary directory.
+pub fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("wasmgate-{tag}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
