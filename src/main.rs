@@ -64,7 +64,10 @@ fn main() -> ExitCode {
 fn init_logging(cfg: &wasmgate_config::LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|e| {
-        eprintln!("wasmgate: log.level `{}` is not a valid filter ({e}); using `info`", cfg.level);
+        eprintln!(
+            "wasmgate: log.level `{}` is not a valid filter ({e}); using `info`",
+            cfg.level
+        );
         EnvFilter::new("info")
     });
     let builder = tracing_subscriber::fmt()

@@ -32,7 +32,11 @@ pub fn spawn(loader: ConfigLoader, gateway: Gateway) -> anyhow::Result<()> {
             let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 if let Ok(ev) = res {
                     // The directory is watched so replace-by-rename is seen too.
-                    if ev.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name) {
+                    if ev
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+                    {
                         let _ = tx.send(Trigger::FileChanged);
                     }
                 }

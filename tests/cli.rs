@@ -22,23 +22,50 @@ fn check_accepts_a_valid_file_and_names_key_and_file_otherwise() {
     let dir = tempdir("check");
     let good = dir.join("good.toml");
     std::fs::write(&good, config_with(&[("/", "http://127.0.0.1:9")])).unwrap();
-    let out = wasmgate_command(&dir).args(["check", "--config"]).arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = wasmgate_command(&dir)
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, config_with(&[("/", "http://127.0.0.1:9")]).replace("[log]", "[log]\nlevl = \"x\"")).unwrap();
-    let out = wasmgate_command(&dir).args(["check", "--config"]).arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        config_with(&[("/", "http://127.0.0.1:9")]).replace("[log]", "[log]\nlevl = \"x\""),
+    )
+    .unwrap();
+    let out = wasmgate_command(&dir)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("log.levl"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("log.levl"),
+        "{err}"
+    );
 
     // WASMGATE_CONFIG selects the file too.
-    let out = wasmgate_command(&dir).arg("check").env("WASMGATE_CONFIG", &bad).output().unwrap();
+    let out = wasmgate_command(&dir)
+        .arg("check")
+        .env("WASMGATE_CONFIG", &bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 
     // ACIP mode validates the environment.
-    let out = wasmgate_command(&dir).arg("check").env("GATEWAY_PORT", "http").output().unwrap();
+    let out = wasmgate_command(&dir)
+        .arg("check")
+        .env("GATEWAY_PORT", "http")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("GATEWAY_PORT"));
     std::fs::remove_dir_all(dir).ok();
@@ -54,16 +81,32 @@ async fn acip_env_mode_reads_dotenv_and_sets_worker_threads() {
     )
     .unwrap();
     let gw = GatewayProcess::spawn(wasmgate_command(&dir));
-    let echo: serde_json::Value = client().get(gw.url("/api/v1/queue/stats")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(echo["uri"], "/api/v1/queue/stats", "catch-all route / to FASTAPI_URL");
+    let echo: serde_json::Value = client()
+        .get(gw.url("/api/v1/queue/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echo["uri"], "/api/v1/queue/stats",
+        "catch-all route / to FASTAPI_URL"
+    );
 
     let workers = std::fs::read_dir(format!("/proc/{}/task", gw.pid()))
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
         .filter(|name| name.trim() == "wasmgate-worker")
         .count();
-    assert_eq!(workers, 3, "GATEWAY_WORKERS sets the runtime's worker threads");
-    assert!(!gw.log().contains("distributed-gpu-inference-v1"), "secrets never logged");
+    assert_eq!(
+        workers, 3,
+        "GATEWAY_WORKERS sets the runtime's worker threads"
+    );
+    assert!(
+        !gw.log().contains("distributed-gpu-inference-v1"),
+        "secrets never logged"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -81,16 +124,59 @@ async fn config_file_changes_go_live_and_bad_files_are_refused() {
     assert_eq!(c.get(gw.url("/b")).send().await.unwrap().status(), 404);
 
     std::fs::write(&file, config_with(&[("/a", &a.url()), ("/b", &b.url())])).unwrap();
-    assert!(gw.wait_log("configuration reloaded", Duration::from_secs(10)).await, "{}", gw.log());
-    assert_eq!(c.get(gw.url("/b")).send().await.unwrap().text().await.unwrap(), "b");
+    assert!(
+        gw.wait_log("configuration reloaded", Duration::from_secs(10))
+            .await,
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        c.get(gw.url("/b"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "b"
+    );
 
     // A bad file: refused with the key and the file named; the old config keeps serving.
-    std::fs::write(&file, config_with(&[("/a", &a.url())]).replace("[server]", "[server]\nbogus_key = 1")).unwrap();
-    assert!(gw.wait_log("reload refused", Duration::from_secs(10)).await, "{}", gw.log());
+    std::fs::write(
+        &file,
+        config_with(&[("/a", &a.url())]).replace("[server]", "[server]\nbogus_key = 1"),
+    )
+    .unwrap();
+    assert!(
+        gw.wait_log("reload refused", Duration::from_secs(10)).await,
+        "{}",
+        gw.log()
+    );
     let log = gw.log();
-    assert!(log.contains("server.bogus_key") && log.contains("wasmgate.toml"), "{log}");
-    assert_eq!(c.get(gw.url("/b")).send().await.unwrap().text().await.unwrap(), "b");
-    assert_eq!(c.get(gw.url("/a")).send().await.unwrap().text().await.unwrap(), "a");
+    assert!(
+        log.contains("server.bogus_key") && log.contains("wasmgate.toml"),
+        "{log}"
+    );
+    assert_eq!(
+        c.get(gw.url("/b"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "b"
+    );
+    assert_eq!(
+        c.get(gw.url("/a"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "a"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -103,19 +189,55 @@ async fn sighup_reloads_the_environment_configuration() {
     std::fs::write(dir.join(".env"), env(&a.url())).unwrap();
     let gw = GatewayProcess::spawn(wasmgate_command(&dir));
     let c = client();
-    assert_eq!(c.get(gw.url("/")).send().await.unwrap().text().await.unwrap(), "a");
+    assert_eq!(
+        c.get(gw.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "a"
+    );
     std::fs::write(dir.join(".env"), env(&b.url())).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(c.get(gw.url("/")).send().await.unwrap().text().await.unwrap(), "a", "env mode reloads on SIGHUP only");
+    assert_eq!(
+        c.get(gw.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "a",
+        "env mode reloads on SIGHUP only"
+    );
     gw.signal("HUP");
-    assert!(gw.wait_log("configuration reloaded", Duration::from_secs(10)).await, "{}", gw.log());
-    assert_eq!(c.get(gw.url("/")).send().await.unwrap().text().await.unwrap(), "b");
+    assert!(
+        gw.wait_log("configuration reloaded", Duration::from_secs(10))
+            .await,
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        c.get(gw.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "b"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
-    let up = upstream().slow("/slow", Duration::from_millis(1000)).spawn().await;
+    let up = upstream()
+        .slow("/slow", Duration::from_millis(1000))
+        .spawn()
+        .await;
     let dir = tempdir("term");
     let file = dir.join("wasmgate.toml");
     std::fs::write(&file, config_with(&[("/", &up.url())])).unwrap();
@@ -125,12 +247,22 @@ async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
     let in_flight = tokio::spawn(client().get(gw.url("/slow")).send());
     up.wait_for_requests(1).await;
     gw.signal("TERM");
-    assert!(gw.wait_log("shutting down", Duration::from_secs(5)).await, "{}", gw.log());
+    assert!(
+        gw.wait_log("shutting down", Duration::from_secs(5)).await,
+        "{}",
+        gw.log()
+    );
     let refused = client().get(gw.url("/")).send().await;
     assert!(refused.is_err(), "no new connections once shutting down");
-    let resp = in_flight.await.unwrap().expect("the in-flight request completes");
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
     assert_eq!(resp.status(), 200);
-    let status = gw.wait_exit(Duration::from_secs(10)).await.expect("exits after draining");
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits after draining");
     assert!(status.success(), "{status:?}\n{}", gw.log());
     std::fs::remove_dir_all(dir).ok();
 }

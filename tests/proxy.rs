@@ -22,13 +22,47 @@ async fn longest_prefix_on_segment_boundaries_with_strip_prefix() {
         .await;
     let c = client();
 
-    let echo: Value = c.get(gw.url("/api/x?b=2&a=1")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(echo["uri"], "/api/x?b=2&a=1", "path and query pass unchanged");
-    let echo: Value = c.get(gw.url("/api")).send().await.unwrap().json().await.unwrap();
+    let echo: Value = c
+        .get(gw.url("/api/x?b=2&a=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echo["uri"], "/api/x?b=2&a=1",
+        "path and query pass unchanged"
+    );
+    let echo: Value = c
+        .get(gw.url("/api"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(echo["uri"], "/api");
-    let echo: Value = c.get(gw.url("/api/v1/jobs/7")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(echo["uri"], "/jobs/7", "longest prefix wins and is stripped");
-    let echo: Value = c.get(gw.url("/api/v1")).send().await.unwrap().json().await.unwrap();
+    let echo: Value = c
+        .get(gw.url("/api/v1/jobs/7"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echo["uri"], "/jobs/7",
+        "longest prefix wins and is stripped"
+    );
+    let echo: Value = c
+        .get(gw.url("/api/v1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(echo["uri"], "/");
     assert_eq!(api.request_count(), 2);
     assert_eq!(v1.request_count(), 2);
@@ -37,7 +71,11 @@ async fn longest_prefix_on_segment_boundaries_with_strip_prefix() {
     expect_error(resp, 404, "route_not_found").await;
     let resp = c.get(gw.url("/")).send().await.unwrap();
     expect_error(resp, 404, "route_not_found").await;
-    assert_eq!(api.request_count() + v1.request_count(), 4, "404s never reach an upstream");
+    assert_eq!(
+        api.request_count() + v1.request_count(),
+        4,
+        "404s never reach an upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,23 +119,58 @@ async fn hop_by_hop_removed_both_ways_and_upstream_headers_edited() {
     let direct = send(format!("{}/v1/models", up.url())).await.unwrap();
     assert!(direct.headers().get("x-upstream-hop").is_some());
     let direct: Value = direct.json().await.unwrap();
-    for present in ["x-hop", "keep-alive", "proxy-authorization", "te", "x-internal"] {
-        assert!(echoed_header(&direct, present).is_some(), "control: {present} sent: {direct}");
+    for present in [
+        "x-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "x-internal",
+    ] {
+        assert!(
+            echoed_header(&direct, present).is_some(),
+            "control: {present} sent: {direct}"
+        );
     }
 
     let resp = send(gw.url("/v1/models")).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers().get("x-upstream-hop").is_none(), "response hop header named by Connection dropped");
-    assert!(resp.headers().get("keep-alive").is_none(), "response Keep-Alive dropped");
+    assert!(
+        resp.headers().get("x-upstream-hop").is_none(),
+        "response hop header named by Connection dropped"
+    );
+    assert!(
+        resp.headers().get("keep-alive").is_none(),
+        "response Keep-Alive dropped"
+    );
     let echo: Value = resp.json().await.unwrap();
-    for gone in ["x-hop", "keep-alive", "proxy-authorization", "te", "x-internal"] {
-        assert!(echoed_header(&echo, gone).is_none(), "{gone} must not reach the upstream: {echo}");
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "x-internal",
+    ] {
+        assert!(
+            echoed_header(&echo, gone).is_none(),
+            "{gone} must not reach the upstream: {echo}"
+        );
     }
     assert_eq!(echoed_header(&echo, "x-kept"), Some("yes"));
-    assert_eq!(echoed_header(&echo, "authorization"), Some("Bearer sk-upstream-secret"), "injected header overrides the client's");
+    assert_eq!(
+        echoed_header(&echo, "authorization"),
+        Some("Bearer sk-upstream-secret"),
+        "injected header overrides the client's"
+    );
     assert_eq!(echoed_header(&echo, "x-team"), Some("gpu"));
-    assert_eq!(echoed_header(&echo, "host"), Some(up.addr().to_string().as_str()), "Host is the target's");
-    assert!(echoed_header(&echo, "x-forwarded-for").is_none(), "forwarding headers are off by default");
+    assert_eq!(
+        echoed_header(&echo, "host"),
+        Some(up.addr().to_string().as_str()),
+        "Host is the target's"
+    );
+    assert!(
+        echoed_header(&echo, "x-forwarded-for").is_none(),
+        "forwarding headers are off by default"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +179,12 @@ async fn request_id_kept_when_valid_and_made_when_not() {
     let gw = gateway().upstream(&up).spawn().await;
     let c = client();
 
-    let resp = c.get(gw.url("/x")).header("x-request-id", "client-req-42").send().await.unwrap();
+    let resp = c
+        .get(gw.url("/x"))
+        .header("x-request-id", "client-req-42")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["x-request-id"], "client-req-42");
     let echo: Value = resp.json().await.unwrap();
     assert_eq!(echoed_header(&echo, "x-request-id"), Some("client-req-42"));
@@ -121,7 +199,11 @@ async fn request_id_kept_when_valid_and_made_when_not() {
         let parsed = uuid::Uuid::parse_str(&rid).expect("a generated id is a UUID");
         assert_eq!(parsed.get_version_num(), 4);
         let echo: Value = resp.json().await.unwrap();
-        assert_eq!(echoed_header(&echo, "x-request-id"), Some(rid.as_str()), "upstream and client see the same id");
+        assert_eq!(
+            echoed_header(&echo, "x-request-id"),
+            Some(rid.as_str()),
+            "upstream and client see the same id"
+        );
     }
 }
 
@@ -132,7 +214,15 @@ async fn traceparent_continued_with_own_span_or_started() {
     let c = client();
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    let echo: Value = c.get(gw.url("/")).header("traceparent", incoming).send().await.unwrap().json().await.unwrap();
+    let echo: Value = c
+        .get(gw.url("/"))
+        .header("traceparent", incoming)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let tp = echoed_header(&echo, "traceparent").unwrap();
     let parts: Vec<&str> = tp.split('-').collect();
     assert_eq!(parts[0], "00");
@@ -177,32 +267,73 @@ async fn forwarded_headers_only_trusted_from_configured_proxies() {
         .await;
     let c = client();
 
-    let echo: Value = c.get(trusting.url("/")).header("x-forwarded-for", "198.51.100.7")
-        .header("x-forwarded-proto", "https").send().await.unwrap().json().await.unwrap();
-    assert_eq!(echoed_header(&echo, "x-forwarded-for"), Some("198.51.100.7, 127.0.0.1"));
+    let echo: Value = c
+        .get(trusting.url("/"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed_header(&echo, "x-forwarded-for"),
+        Some("198.51.100.7, 127.0.0.1")
+    );
     assert_eq!(echoed_header(&echo, "x-forwarded-proto"), Some("https"));
 
-    let echo: Value = c.get(distrusting.url("/")).header("x-forwarded-for", "198.51.100.7")
-        .header("x-forwarded-proto", "https").send().await.unwrap().json().await.unwrap();
-    assert_eq!(echoed_header(&echo, "x-forwarded-for"), Some("127.0.0.1"), "spoofed value replaced");
+    let echo: Value = c
+        .get(distrusting.url("/"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed_header(&echo, "x-forwarded-for"),
+        Some("127.0.0.1"),
+        "spoofed value replaced"
+    );
     assert_eq!(echoed_header(&echo, "x-forwarded-proto"), Some("http"));
     let host = format!("{}", distrusting.addr());
-    assert_eq!(echoed_header(&echo, "x-forwarded-host"), Some(host.as_str()));
+    assert_eq!(
+        echoed_header(&echo, "x-forwarded-host"),
+        Some(host.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_over_pooled_keep_alive_connections() {
     let a = upstream().route("/", "a").spawn().await;
     let b = upstream().route("/", "b").spawn().await;
-    let gw = gateway().route("/", "pair", &[a.url(), b.url()]).spawn().await;
+    let gw = gateway()
+        .route("/", "pair", &[a.url(), b.url()])
+        .spawn()
+        .await;
     let c = client();
     let mut seen = String::new();
     for _ in 0..10 {
-        seen.push_str(&c.get(gw.url("/")).send().await.unwrap().text().await.unwrap());
+        seen.push_str(
+            &c.get(gw.url("/"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(seen, "ababababab");
     assert_eq!(a.request_count(), 5);
-    assert_eq!(a.connection_count(), 1, "sequential requests reuse one pooled connection");
+    assert_eq!(
+        a.connection_count(),
+        1,
+        "sequential requests reuse one pooled connection"
+    );
     assert_eq!(b.connection_count(), 1);
 }
 
@@ -210,18 +341,28 @@ async fn round_robin_over_pooled_keep_alive_connections() {
 async fn sse_reaches_the_client_chunk_by_chunk() {
     let (builder, pace) = upstream().paced("/v1/chat/completions", "text/event-stream");
     let up = builder.spawn().await;
-    let gw = gateway().upstream(&up).config(|c| {
-        c.upstreams.get_mut("default").unwrap().request_timeout_ms = 500;
-    }).spawn().await;
-    let mut resp = client().post(gw.url("/v1/chat/completions")).send().await.unwrap();
+    let gw = gateway()
+        .upstream(&up)
+        .config(|c| {
+            c.upstreams.get_mut("default").unwrap().request_timeout_ms = 500;
+        })
+        .spawn()
+        .await;
+    let mut resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
     // Headers arrive while the upstream holds the stream open.
-    pace.send(Bytes::from_static(b"data: {\"n\":1}\n\n")).unwrap();
+    pace.send(Bytes::from_static(b"data: {\"n\":1}\n\n"))
+        .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     for n in 1..=3 {
         if n > 1 {
             // Past the 500 ms request timeout: SSE is never cut by it.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            pace.send(Bytes::from(format!("data: {{\"n\":{n}}}\n\n"))).unwrap();
+            pace.send(Bytes::from(format!("data: {{\"n\":{n}}}\n\n")))
+                .unwrap();
         }
         // The upstream sends the next event only after this one was received: a proxy that
         // held chunks back would time out here.
@@ -233,7 +374,10 @@ async fn sse_reaches_the_client_chunk_by_chunk() {
         assert_eq!(chunk, Bytes::from(format!("data: {{\"n\":{n}}}\n\n")));
     }
     drop(pace);
-    assert!(resp.chunk().await.unwrap().is_none(), "stream ends when the upstream ends it");
+    assert!(
+        resp.chunk().await.unwrap().is_none(),
+        "stream ends when the upstream ends it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +408,11 @@ async fn request_body_streams_to_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_answered_locally() {
     let gw = gateway().spawn().await; // no routes at all
-    let resp = client().get(gw.url("/gateway/health")).send().await.unwrap();
+    let resp = client()
+        .get(gw.url("/gateway/health"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().contains_key("x-request-id"));
     let v: Value = resp.json().await.unwrap();
@@ -274,7 +422,11 @@ async fn health_is_answered_locally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_routes_and_keeps_in_flight_requests() {
-    let old = upstream().slow("/slow", Duration::from_millis(400)).route("/", "old").spawn().await;
+    let old = upstream()
+        .slow("/slow", Duration::from_millis(400))
+        .route("/", "old")
+        .spawn()
+        .await;
     let new = upstream().route("/", "new").spawn().await;
     let gw = gateway().upstream(&old).spawn().await;
     let c = client();
@@ -283,7 +435,20 @@ async fn reload_swaps_routes_and_keeps_in_flight_requests() {
     let mut cfg = gw.gateway().snapshot().config.as_ref().clone();
     cfg.upstreams.get_mut("default").unwrap().targets = vec![new.url()];
     gw.gateway().reload(cfg).unwrap();
-    assert_eq!(c.get(gw.url("/")).send().await.unwrap().text().await.unwrap(), "new");
+    assert_eq!(
+        c.get(gw.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "new"
+    );
     let resp = in_flight.await.unwrap().unwrap();
-    assert_eq!(resp.status(), 200, "the request in flight finished on the old upstream");
+    assert_eq!(
+        resp.status(),
+        200,
+        "the request in flight finished on the old upstream"
+    );
 }

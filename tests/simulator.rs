@@ -26,36 +26,79 @@ async fn simulator_serves_jobs_and_chat_through_the_gateway_and_heartbeats_into_
     let gw = gateway().route("/", "fastapi", &[sim.url()]).spawn().await;
     let c = client();
 
-    let job: Value = c.post(gw.url("/api/v1/jobs")).json(&json!({"prompt": "a cat"})).send().await.unwrap().json().await.unwrap();
+    let job: Value = c
+        .post(gw.url("/api/v1/jobs"))
+        .json(&json!({"prompt": "a cat"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id = job["id"].as_str().unwrap().to_string();
     assert_eq!(job["status"], "queued");
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let done: Value = c.get(gw.url(&format!("/api/v1/jobs/{id}"))).send().await.unwrap().json().await.unwrap();
+    let done: Value = c
+        .get(gw.url(&format!("/api/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(done["status"], "completed");
     for path in ["/api/v1/queue/stats", "/api/v1/jobs/stats/queue"] {
-        let stats: Value = c.get(gw.url(path)).send().await.unwrap().json().await.unwrap();
+        let stats: Value = c
+            .get(gw.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(stats["completed"], 1, "{path}: {stats}");
     }
     let missing = c.get(gw.url("/api/v1/jobs/nope")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 
-    let chat = json!({"model": "m", "messages": [{"role": "user", "content": "three word prompt"}]});
-    let full: Value = c.post(gw.url("/v1/chat/completions")).json(&chat).send().await.unwrap().json().await.unwrap();
+    let chat =
+        json!({"model": "m", "messages": [{"role": "user", "content": "three word prompt"}]});
+    let full: Value = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(full["usage"]["prompt_tokens"], 3);
     assert!(full["usage"]["completion_tokens"].as_u64().unwrap() > 0);
 
     let mut streamed = chat.clone();
     streamed["stream"] = json!(true);
-    let resp = c.post(gw.url("/v1/chat/completions")).json(&streamed).send().await.unwrap();
+    let resp = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let text = resp.text().await.unwrap();
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
-    let usage_chunk = text.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str::<Value>(d).unwrap()).find(|v| v.get("usage").is_some()).expect("a usage block");
+    let usage_chunk = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .find(|v| v.get("usage").is_some())
+        .expect("a usage block");
     assert_eq!(usage_chunk["usage"]["prompt_tokens"], 3);
 
     // Heartbeats in the seeds' layout.
-    let client = Builder::from_config(Config::from_url(&redis.url()).unwrap()).build().unwrap();
+    let client = Builder::from_config(Config::from_url(&redis.url()).unwrap())
+        .build()
+        .unwrap();
     client.init().await.unwrap();
     for id in worker_ids(3) {
         let status: String = client.get(format!("worker:{id}:status")).await.unwrap();
@@ -65,11 +108,17 @@ async fn simulator_serves_jobs_and_chat_through_the_gateway_and_heartbeats_into_
         let gpu: String = client.get(format!("worker:{id}:gpu")).await.unwrap();
         assert!(serde_json::from_str::<Value>(&gpu).unwrap()["memory_total_mb"].is_number());
         let hb: String = client.get(format!("worker:{id}:heartbeat")).await.unwrap();
-        assert!(hb.parse::<u64>().unwrap() > 1_600_000_000, "unix time (s or ms)");
+        assert!(
+            hb.parse::<u64>().unwrap() > 1_600_000_000,
+            "unix time (s or ms)"
+        );
     }
     let first: String = client.get("worker:sim-worker-0:heartbeat").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let later: String = client.get("worker:sim-worker-0:heartbeat").await.unwrap();
-    assert!(later.parse::<u64>().unwrap() > first.parse::<u64>().unwrap(), "heartbeats keep coming");
+    assert!(
+        later.parse::<u64>().unwrap() > first.parse::<u64>().unwrap(),
+        "heartbeats keep coming"
+    );
     let _ = client.quit().await;
 }

@@ -19,14 +19,19 @@ pub fn client() -> reqwest::Client {
 pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(resp.status().as_u16(), status, "status");
     assert_eq!(
-        resp.headers()["content-type"], "application/json",
+        resp.headers()["content-type"],
+        "application/json",
         "error responses are JSON"
     );
     let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     let v: Value = resp.json().await.expect("JSON error body");
     assert_eq!(v["error"], code, "{v}");
     assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    assert_eq!(v["request_id"], rid.as_str(), "body and header carry the same id");
+    assert_eq!(
+        v["request_id"],
+        rid.as_str(),
+        "body and header carry the same id"
+    );
     v
 }
 
@@ -58,7 +63,10 @@ impl GatewayProcess {
             let log = log.clone();
             let tx = tx.clone();
             std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
                     if line.contains("wasmgate listening") {
                         if let Some(addr) = line
                             .split_whitespace()

@@ -34,7 +34,10 @@ pub const ACIP_ENV_NAMES: &[(&str, &str)] = &[
     ("CACHE_TTL_SECONDS", "cache.ttl_seconds"),
     ("CACHE_MAX_SIZE", "cache.max_size"),
     ("ROUTER_STRATEGY", "router.strategy"),
-    ("ROUTER_HEALTH_CHECK_INTERVAL", "router.health_check_interval_ms"),
+    (
+        "ROUTER_HEALTH_CHECK_INTERVAL",
+        "router.health_check_interval_ms",
+    ),
     ("METRICS_ENABLED", "metrics.enabled"),
     ("METRICS_PATH", "metrics.path"),
     ("METRICS_TOKEN", "metrics.token"),
@@ -56,7 +59,14 @@ pub const ACIP_ENV_NAMES: &[(&str, &str)] = &[
 /// Prefixes of the ACIP families: a set variable with one of these prefixes that is not in
 /// [`ACIP_ENV_NAMES`] is probably misspelt, and [`unknown_acip_names`] reports it.
 const FAMILIES: &[&str] = &[
-    "GATEWAY_", "FASTAPI_", "AUTH_", "RATE_LIMIT_", "CACHE_", "ROUTER_", "METRICS_", "CORS_",
+    "GATEWAY_",
+    "FASTAPI_",
+    "AUTH_",
+    "RATE_LIMIT_",
+    "CACHE_",
+    "ROUTER_",
+    "METRICS_",
+    "CORS_",
 ];
 
 /// The upstream name ACIP mode creates for `FASTAPI_URL`.
@@ -156,13 +166,36 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
     let mut c = Config::default();
 
     r.string("GATEWAY_HOST", &mut c.server.host);
-    r.parse("GATEWAY_PORT", "a port number (0-65535)", &mut c.server.port)?;
-    r.parse("GATEWAY_WORKERS", "a number of threads (0 = cores)", &mut c.server.workers)?;
-    match (r.opt_string("GATEWAY_TLS_CERT"), r.opt_string("GATEWAY_TLS_KEY")) {
+    r.parse(
+        "GATEWAY_PORT",
+        "a port number (0-65535)",
+        &mut c.server.port,
+    )?;
+    r.parse(
+        "GATEWAY_WORKERS",
+        "a number of threads (0 = cores)",
+        &mut c.server.workers,
+    )?;
+    match (
+        r.opt_string("GATEWAY_TLS_CERT"),
+        r.opt_string("GATEWAY_TLS_KEY"),
+    ) {
         (Some(cert), Some(key)) => c.server.tls = Some(TlsConfig { cert, key }),
         (None, None) => {}
-        (Some(_), None) => return Err(r.bad("GATEWAY_TLS_KEY", "", "a key file (GATEWAY_TLS_CERT is set)")),
-        (None, Some(_)) => return Err(r.bad("GATEWAY_TLS_CERT", "", "a certificate file (GATEWAY_TLS_KEY is set)")),
+        (Some(_), None) => {
+            return Err(r.bad(
+                "GATEWAY_TLS_KEY",
+                "",
+                "a key file (GATEWAY_TLS_CERT is set)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(r.bad(
+                "GATEWAY_TLS_CERT",
+                "",
+                "a certificate file (GATEWAY_TLS_KEY is set)",
+            ))
+        }
     }
 
     let mut upstream = UpstreamConfig {
@@ -171,7 +204,11 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
             .unwrap_or_else(|| vec!["http://localhost:8000".into()]),
         ..Default::default()
     };
-    r.parse("FASTAPI_TIMEOUT", "a timeout in milliseconds", &mut upstream.request_timeout_ms)?;
+    r.parse(
+        "FASTAPI_TIMEOUT",
+        "a timeout in milliseconds",
+        &mut upstream.request_timeout_ms,
+    )?;
     c.upstreams.insert(ACIP_UPSTREAM.into(), upstream);
     c.routes.push(RouteConfig {
         name: Some("default".into()),
@@ -199,14 +236,34 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
 
     c.rate_limit.enabled = true;
     r.bool("RATE_LIMIT_ENABLED", &mut c.rate_limit.enabled)?;
-    r.parse("RATE_LIMIT_WINDOW_MS", "a window in milliseconds", &mut c.rate_limit.window_ms)?;
-    r.parse("RATE_LIMIT_MAX_REQUESTS", "a number of requests", &mut c.rate_limit.max_requests)?;
-    r.serde_enum::<RateLimitAlgorithm>("RATE_LIMIT_ALGORITHM", "sliding or fixed", &mut c.rate_limit.algorithm)?;
+    r.parse(
+        "RATE_LIMIT_WINDOW_MS",
+        "a window in milliseconds",
+        &mut c.rate_limit.window_ms,
+    )?;
+    r.parse(
+        "RATE_LIMIT_MAX_REQUESTS",
+        "a number of requests",
+        &mut c.rate_limit.max_requests,
+    )?;
+    r.serde_enum::<RateLimitAlgorithm>(
+        "RATE_LIMIT_ALGORITHM",
+        "sliding or fixed",
+        &mut c.rate_limit.algorithm,
+    )?;
 
     c.cache.enabled = true;
     r.bool("CACHE_ENABLED", &mut c.cache.enabled)?;
-    r.parse("CACHE_TTL_SECONDS", "a number of seconds", &mut c.cache.ttl_seconds)?;
-    r.parse("CACHE_MAX_SIZE", "a number of entries", &mut c.cache.max_size)?;
+    r.parse(
+        "CACHE_TTL_SECONDS",
+        "a number of seconds",
+        &mut c.cache.ttl_seconds,
+    )?;
+    r.parse(
+        "CACHE_MAX_SIZE",
+        "a number of entries",
+        &mut c.cache.max_size,
+    )?;
 
     r.serde_enum::<RouterStrategy>(
         "ROUTER_STRATEGY",
@@ -227,7 +284,11 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
     r.string("OTEL_SERVICE_NAME", &mut c.otel.service_name);
     c.otel.otlp_endpoint = r.opt_string("OTEL_EXPORTER_OTLP_ENDPOINT");
     c.otel.zipkin_endpoint = r.opt_string("OTEL_ZIPKIN_ENDPOINT");
-    r.parse("OTEL_SAMPLING_RATIO", "a ratio between 0.0 and 1.0", &mut c.otel.sampling_ratio)?;
+    r.parse(
+        "OTEL_SAMPLING_RATIO",
+        "a ratio between 0.0 and 1.0",
+        &mut c.otel.sampling_ratio,
+    )?;
 
     r.string("LOG_LEVEL", &mut c.log.level);
     r.serde_enum::<LogFormat>("LOG_FORMAT", "text or json", &mut c.log.format)?;
@@ -277,7 +338,10 @@ mod tests {
         assert_eq!(c.server.host, "0.0.0.0");
         assert_eq!(c.routes.len(), 1);
         assert_eq!(c.routes[0].prefix, "/");
-        assert_eq!(c.upstreams[ACIP_UPSTREAM].targets, vec!["http://localhost:8000"]);
+        assert_eq!(
+            c.upstreams[ACIP_UPSTREAM].targets,
+            vec!["http://localhost:8000"]
+        );
         assert!(c.redis.url.is_none(), "no REDIS_URL means in-memory state");
         assert!(c.auth.enabled);
         assert_eq!(c.auth.token_hash_format, "{salt}:{token}");
@@ -353,7 +417,11 @@ mod tests {
 
     #[test]
     fn reports_misspelt_names() {
-        let env = MapEnv::from_pairs([("RATE_LIMIT_MAX_REQUEST", "5"), ("GATEWAY_PORT", "1"), ("HOME", "/")]);
+        let env = MapEnv::from_pairs([
+            ("RATE_LIMIT_MAX_REQUEST", "5"),
+            ("GATEWAY_PORT", "1"),
+            ("HOME", "/"),
+        ]);
         assert_eq!(unknown_acip_names(&env), vec!["RATE_LIMIT_MAX_REQUEST"]);
     }
 }

@@ -80,7 +80,9 @@ impl<E: Env> DotEnvLayered<E> {
 
 impl<E: Env> Env for DotEnvLayered<E> {
     fn get(&self, name: &str) -> Option<String> {
-        self.inner.get(name).or_else(|| self.file.get(name).cloned())
+        self.inner
+            .get(name)
+            .or_else(|| self.file.get(name).cloned())
     }
     fn names(&self) -> Vec<String> {
         let mut n = self.inner.names();
@@ -107,8 +109,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wg-dotenv-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(".env");
-        std::fs::write(&path, "GATEWAY_PORT=4000\nFASTAPI_URL=http://a:1\n# comment\n").unwrap();
-        let env = DotEnvLayered::new(MapEnv::from_pairs([("GATEWAY_PORT", "5000")]), &path).unwrap();
+        std::fs::write(
+            &path,
+            "GATEWAY_PORT=4000\nFASTAPI_URL=http://a:1\n# comment\n",
+        )
+        .unwrap();
+        let env =
+            DotEnvLayered::new(MapEnv::from_pairs([("GATEWAY_PORT", "5000")]), &path).unwrap();
         assert_eq!(env.get("GATEWAY_PORT").as_deref(), Some("5000"));
         assert_eq!(env.get("FASTAPI_URL").as_deref(), Some("http://a:1"));
         assert_eq!(env.origin("FASTAPI_URL"), ".env");

@@ -20,11 +20,7 @@ pub fn interpolate(input: &str, env: &dyn Env) -> Result<String, String> {
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("invalid variable name `{name}` in `${{{expr}}}`"));
             }
             match (env.get(name), default) {
@@ -56,7 +52,10 @@ mod tests {
         let env = MapEnv::from_pairs([("KEY", "sk-1"), ("EMPTY", "")]);
         assert_eq!(interpolate("Bearer ${KEY}", &env).unwrap(), "Bearer sk-1");
         assert_eq!(interpolate("${NOPE:-x}-${EMPTY}", &env).unwrap(), "x-");
-        assert_eq!(interpolate("$$5 and $ alone", &env).unwrap(), "$5 and $ alone");
+        assert_eq!(
+            interpolate("$$5 and $ alone", &env).unwrap(),
+            "$5 and $ alone"
+        );
         let err = interpolate("${MISSING}", &env).unwrap_err();
         assert!(err.contains("MISSING"), "{err}");
         assert!(interpolate("${UNCLOSED", &env).is_err());

@@ -20,12 +20,11 @@ pub fn parse_str(text: &str, source: &ConfigSource, env: &dyn Env) -> Result<Con
     for (key, value) in table.iter_mut() {
         interpolate_value(value, key, source, env)?;
     }
-    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
-        |e| {
+    let config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::invalid(source, key, e.into_inner().to_string())
-        },
-    )?;
+        })?;
     validate(&config, source)?;
     Ok(config)
 }
@@ -103,7 +102,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("OPENAI_API_KEY"), "{err}");
-        assert!(err.contains("upstreams.llm.inject_headers.Authorization"), "{err}");
+        assert!(
+            err.contains("upstreams.llm.inject_headers.Authorization"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -113,7 +115,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.port"), "{err}");
-        let err = parse_str("[server\n", &src(), &env).unwrap_err().to_string();
+        let err = parse_str("[server\n", &src(), &env)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid TOML"), "{err}");
     }
 }

@@ -24,13 +24,22 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
         return err("server.host".into(), "must not be empty".into());
     }
     if c.server.max_header_bytes < 1024 {
-        return err("server.max_header_bytes".into(), "must be at least 1024".into());
+        return err(
+            "server.max_header_bytes".into(),
+            "must be at least 1024".into(),
+        );
     }
     if c.server.max_body_bytes == 0 {
-        return err("server.max_body_bytes".into(), "must be greater than 0".into());
+        return err(
+            "server.max_body_bytes".into(),
+            "must be greater than 0".into(),
+        );
     }
     if c.server.header_read_timeout_ms == 0 {
-        return err("server.header_read_timeout_ms".into(), "must be greater than 0".into());
+        return err(
+            "server.header_read_timeout_ms".into(),
+            "must be greater than 0".into(),
+        );
     }
     if let Some(tls) = &c.server.tls {
         for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
@@ -52,10 +61,16 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
             return err(key("prefix"), format!("`{}` must start with `/`", r.prefix));
         }
         if r.prefix.contains(['?', '#']) {
-            return err(key("prefix"), "must be a path without query or fragment".into());
+            return err(
+                key("prefix"),
+                "must be a path without query or fragment".into(),
+            );
         }
         if !prefixes.insert(normalize_prefix(&r.prefix)) {
-            return err(key("prefix"), format!("`{}` is used by another route", r.prefix));
+            return err(
+                key("prefix"),
+                format!("`{}` is used by another route", r.prefix),
+            );
         }
         if !c.upstreams.contains_key(&r.upstream) {
             let known: Vec<_> = c.upstreams.keys().map(String::as_str).collect();
@@ -77,11 +92,17 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
             }
         }
         if u.connect_timeout_ms == 0 || u.request_timeout_ms == 0 {
-            return err(key("request_timeout_ms"), "timeouts must be greater than 0".into());
+            return err(
+                key("request_timeout_ms"),
+                "timeouts must be greater than 0".into(),
+            );
         }
         for (h, v) in &u.inject_headers {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return err(key("inject_headers"), format!("`{h}` is not a valid header name"));
+                return err(
+                    key("inject_headers"),
+                    format!("`{h}` is not a valid header name"),
+                );
             }
             if http::HeaderValue::from_str(v.expose()).is_err() {
                 return err(
@@ -92,16 +113,25 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
         }
         for h in &u.remove_headers {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return err(key("remove_headers"), format!("`{h}` is not a valid header name"));
+                return err(
+                    key("remove_headers"),
+                    format!("`{h}` is not a valid header name"),
+                );
             }
         }
     }
 
     if let Some(url) = &c.redis.url {
         let url = url.expose();
-        let ok = ["redis://", "rediss://", "redis-sentinel://", "redis-cluster://", "unix://"]
-            .iter()
-            .any(|s| url.starts_with(s));
+        let ok = [
+            "redis://",
+            "rediss://",
+            "redis-sentinel://",
+            "redis-cluster://",
+            "unix://",
+        ]
+        .iter()
+        .any(|s| url.starts_with(s));
         if !ok {
             return err(
                 "redis.url".into(),
@@ -111,13 +141,19 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
         }
     }
     if c.redis.command_timeout_ms == 0 {
-        return err("redis.command_timeout_ms".into(), "must be greater than 0".into());
+        return err(
+            "redis.command_timeout_ms".into(),
+            "must be greater than 0".into(),
+        );
     }
     if !c.metrics.path.starts_with('/') {
         return err("metrics.path".into(), "must start with `/`".into());
     }
     if !(0.0..=1.0).contains(&c.otel.sampling_ratio) {
-        return err("otel.sampling_ratio".into(), "must be between 0.0 and 1.0".into());
+        return err(
+            "otel.sampling_ratio".into(),
+            "must be between 0.0 and 1.0".into(),
+        );
     }
     for (key, ep) in [
         ("otel.otlp_endpoint", &c.otel.otlp_endpoint),
@@ -156,9 +192,7 @@ fn normalize_prefix(p: &str) -> &str {
 }
 
 fn check_target(t: &str) -> std::result::Result<(), String> {
-    let uri: http::Uri = t
-        .parse()
-        .map_err(|e| format!("`{t}` is not a URL: {e}"))?;
+    let uri: http::Uri = t.parse().map_err(|e| format!("`{t}` is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         _ => return Err(format!("`{t}` must start with http:// or https://")),
@@ -240,8 +274,12 @@ mod tests {
 
     #[test]
     fn trusted_proxy_accepts_ips_and_cidrs() {
-        assert!(parse_trusted_proxy("127.0.0.1").unwrap().contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
+        assert!(parse_trusted_proxy("127.0.0.1")
+            .unwrap()
+            .contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
         assert!(parse_trusted_proxy("::1").is_ok());
-        assert!(parse_trusted_proxy("10.0.0.0/8").unwrap().contains(&"10.1.2.3".parse::<IpAddr>().unwrap()));
+        assert!(parse_trusted_proxy("10.0.0.0/8")
+            .unwrap()
+            .contains(&"10.1.2.3".parse::<IpAddr>().unwrap()));
     }
 }

@@ -19,7 +19,9 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A complete body.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// An empty body.
@@ -184,10 +186,14 @@ mod tests {
     #[tokio::test]
     async fn limited_body_trips_past_the_limit() {
         let flag = Arc::new(AtomicBool::new(false));
-        let ok = LimitedBody::new(chunks(4, 10), 40, flag.clone()).collect().await;
+        let ok = LimitedBody::new(chunks(4, 10), 40, flag.clone())
+            .collect()
+            .await;
         assert!(ok.is_ok());
         assert!(!flag.load(Ordering::Acquire));
-        let err = LimitedBody::new(chunks(5, 10), 40, flag.clone()).collect().await;
+        let err = LimitedBody::new(chunks(5, 10), 40, flag.clone())
+            .collect()
+            .await;
         assert!(err.is_err());
         assert!(flag.load(Ordering::Acquire));
     }

@@ -145,7 +145,10 @@ pub fn error_response(err: &ProxyError, request_id: &str) -> Response<ProxyBody>
     let mut resp = Response::new(full(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(X_REQUEST_ID, v);
     }
@@ -175,6 +178,9 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"], "upstream_connect_error");
         assert_eq!(v["request_id"], "rid-1");
-        assert!(!v["message"].as_str().unwrap().contains("10.0.0.7"), "no addresses leak");
+        assert!(
+            !v["message"].as_str().unwrap().contains("10.0.0.7"),
+            "no addresses leak"
+        );
     }
 }

@@ -119,7 +119,10 @@ mod tests {
         h.insert(XFF, "198.51.100.1, 10.0.0.2".parse().unwrap());
         h.insert(XFP, "https".parse().unwrap());
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(fw().client_ip(peer, &h), "198.51.100.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            fw().client_ip(peer, &h),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
         fw().apply(&mut h, peer, false, None);
         assert_eq!(h[XFF], "198.51.100.1, 10.0.0.2, 10.0.0.1");
         assert_eq!(h[XFP], "https");

@@ -196,7 +196,10 @@ fn health(gw: &Gateway, request_id: &str) -> Response<ProxyBody> {
     let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(X_REQUEST_ID, headers::value(request_id));
     resp

@@ -40,8 +40,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 pub fn is_valid_request_id(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 128
-        && v
-            .iter()
+        && v.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 

@@ -41,7 +41,10 @@ impl Server {
         let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
             .await
             .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot bind {}:{}: {e}", cfg.host, cfg.port))
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot bind {}:{}: {e}", cfg.host, cfg.port),
+                )
             })?;
         let tls = match &cfg.tls {
             Some(t) => Some(crate::tls::acceptor(t, cfg.http2)?),
@@ -103,7 +106,10 @@ impl Server {
             }
         }
         drop(self.listener);
-        tracing::info!(grace_ms = self.grace.as_millis() as u64, "shutting down: draining connections");
+        tracing::info!(
+            grace_ms = self.grace.as_millis() as u64,
+            "shutting down: draining connections"
+        );
         match tokio::time::timeout(self.grace, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections drained"),
             Err(_) => tracing::warn!("shutdown grace period over: cutting remaining connections"),
@@ -126,28 +132,31 @@ impl Server {
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(handler::handle(&gateway, req, &conn).await) }
             });
-            let result = match tls {
-                Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-            };
+            let result =
+                match tls {
+                    Some(acceptor) => {
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

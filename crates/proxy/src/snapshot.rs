@@ -56,15 +56,16 @@ impl Snapshot {
                     .then(|| p.upstreams.get(name).cloned())
                     .flatten()
             });
-            let upstream = match reused {
-                Some(u) => u,
-                None => Arc::new(Upstream::new(name, cfg).map_err(|message| {
-                    BuildError::Upstream {
-                        name: name.clone(),
-                        message,
-                    }
-                })?),
-            };
+            let upstream =
+                match reused {
+                    Some(u) => u,
+                    None => Arc::new(Upstream::new(name, cfg).map_err(|message| {
+                        BuildError::Upstream {
+                            name: name.clone(),
+                            message,
+                        }
+                    })?),
+                };
             upstreams.insert(name.clone(), upstream);
         }
         let trusted = config
@@ -137,7 +138,10 @@ impl Gateway {
             ("server.tls", old.tls != new.tls),
             ("server.workers", old.workers != new.workers),
             ("server.http2", old.http2 != new.http2),
-            ("server.max_in_flight", old.max_in_flight != new.max_in_flight),
+            (
+                "server.max_in_flight",
+                old.max_in_flight != new.max_in_flight,
+            ),
             (
                 "server.header_read_timeout_ms",
                 old.header_read_timeout_ms != new.header_read_timeout_ms,

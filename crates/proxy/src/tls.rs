@@ -10,18 +10,16 @@ pub(crate) fn acceptor(cfg: &TlsConfig, http2: bool) -> std::io::Result<TlsAccep
     let bad = |path: &str, msg: String| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{path}: {msg}"))
     };
-    let mut certs_reader = BufReader::new(
-        std::fs::File::open(&cfg.cert).map_err(|e| bad(&cfg.cert, e.to_string()))?,
-    );
+    let mut certs_reader =
+        BufReader::new(std::fs::File::open(&cfg.cert).map_err(|e| bad(&cfg.cert, e.to_string()))?);
     let certs = rustls_pemfile::certs(&mut certs_reader)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(&cfg.cert, e.to_string()))?;
     if certs.is_empty() {
         return Err(bad(&cfg.cert, "no certificate found".into()));
     }
-    let mut key_reader = BufReader::new(
-        std::fs::File::open(&cfg.key).map_err(|e| bad(&cfg.key, e.to_string()))?,
-    );
+    let mut key_reader =
+        BufReader::new(std::fs::File::open(&cfg.key).map_err(|e| bad(&cfg.key, e.to_string()))?);
     let key = rustls_pemfile::private_key(&mut key_reader)
         .map_err(|e| bad(&cfg.key, e.to_string()))?
         .ok_or_else(|| bad(&cfg.key, "no private key found".into()))?;

@@ -27,7 +27,10 @@ impl TraceParent {
         if trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
             return None;
         }
-        let lower_hex = |x: &str| x.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let lower_hex = |x: &str| {
+            x.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
         if ![version, trace, span, flags].iter().all(|x| lower_hex(x)) {
             return None;
         }
@@ -74,7 +77,11 @@ impl TraceParent {
     /// The header value.
     pub fn header_value(&self) -> String {
         let mut s = String::with_capacity(55);
-        let _ = write!(s, "00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags);
+        let _ = write!(
+            s,
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        );
         s
     }
 }

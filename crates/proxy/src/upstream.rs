@@ -31,13 +31,16 @@ pub struct Target {
 impl Target {
     fn parse(url: &str) -> Result<Target, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("`{url}`: {e}"))?;
-        let scheme = uri.scheme().cloned().ok_or_else(|| format!("`{url}`: no scheme"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("`{url}`: no scheme"))?;
         let authority = uri
             .authority()
             .cloned()
             .ok_or_else(|| format!("`{url}`: no host"))?;
-        let host_header = HeaderValue::from_str(authority.as_str())
-            .map_err(|e| format!("`{url}`: {e}"))?;
+        let host_header =
+            HeaderValue::from_str(authority.as_str()).map_err(|e| format!("`{url}`: {e}"))?;
         Ok(Target {
             scheme,
             authority,
@@ -187,7 +190,10 @@ mod tests {
         };
         let u = Upstream::new("x", &cfg).unwrap();
         let t = u.next_target();
-        assert_eq!(t.uri("/v1/x", Some("a=1")).unwrap().to_string(), "http://a:1/base/v1/x?a=1");
+        assert_eq!(
+            t.uri("/v1/x", Some("a=1")).unwrap().to_string(),
+            "http://a:1/base/v1/x?a=1"
+        );
         let t = u.next_target();
         assert_eq!(t.uri("/", None).unwrap().to_string(), "https://b:2/");
         assert_eq!(u.next_target().authority.as_str(), "a:1");

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod gateway;
+pub mod load;
 pub mod redis;
 pub mod sim;
 pub mod upstream;

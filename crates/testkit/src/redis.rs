@@ -13,7 +13,9 @@ pub struct RedisServer {
 
 impl std::fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisServer").field("port", &self.port).finish()
+        f.debug_struct("RedisServer")
+            .field("port", &self.port)
+            .finish()
     }
 }
 
@@ -59,7 +61,10 @@ impl RedisServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("redis-server on port {} did not answer PING within 10 s", self.port);
+        panic!(
+            "redis-server on port {} did not answer PING within 10 s",
+            self.port
+        );
     }
 
     /// True when the server answers `PING`.

@@ -42,7 +42,10 @@ enum Behavior {
     SlowBody(Bytes, Duration, Bytes),
     Sse(Vec<String>, Duration),
     /// Sends one chunk each time the test sends on the channel; ends when it is dropped.
-    Paced(Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Bytes>>>, &'static str),
+    Paced(
+        Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Bytes>>>,
+        &'static str,
+    ),
     /// Reads the body chunk by chunk, reporting each chunk to the test as it arrives.
     ChunkReporter(mpsc::UnboundedSender<Bytes>),
 }
@@ -67,13 +70,29 @@ impl UpstreamBuilder {
 
     /// `200 text/plain` with `body` for paths starting with `prefix`.
     pub fn route(self, prefix: &str, body: &'static str) -> Self {
-        self.add(prefix, Behavior::Fixed(StatusCode::OK, "text/plain", Bytes::from_static(body.as_bytes())))
+        self.add(
+            prefix,
+            Behavior::Fixed(
+                StatusCode::OK,
+                "text/plain",
+                Bytes::from_static(body.as_bytes()),
+            ),
+        )
     }
 
     /// A fixed status, content type and body.
-    pub fn respond(self, prefix: &str, status: u16, content_type: &'static str, body: &'static str) -> Self {
+    pub fn respond(
+        self,
+        prefix: &str,
+        status: u16,
+        content_type: &'static str,
+        body: &'static str,
+    ) -> Self {
         let status = StatusCode::from_u16(status).expect("valid status");
-        self.add(prefix, Behavior::Fixed(status, content_type, Bytes::from_static(body.as_bytes())))
+        self.add(
+            prefix,
+            Behavior::Fixed(status, content_type, Bytes::from_static(body.as_bytes())),
+        )
     }
 
     /// Waits `delay` before sending the echo's headers.
@@ -82,19 +101,45 @@ impl UpstreamBuilder {
     }
 
     /// Sends headers and `first` at once, then `rest` after `delay`.
-    pub fn slow_body(self, prefix: &str, first: &'static str, delay: Duration, rest: &'static str) -> Self {
-        self.add(prefix, Behavior::SlowBody(Bytes::from_static(first.as_bytes()), delay, Bytes::from_static(rest.as_bytes())))
+    pub fn slow_body(
+        self,
+        prefix: &str,
+        first: &'static str,
+        delay: Duration,
+        rest: &'static str,
+    ) -> Self {
+        self.add(
+            prefix,
+            Behavior::SlowBody(
+                Bytes::from_static(first.as_bytes()),
+                delay,
+                Bytes::from_static(rest.as_bytes()),
+            ),
+        )
     }
 
     /// A `text/event-stream` of `data: <event>` frames, one every `interval`.
     pub fn sse(self, prefix: &str, events: &[&str], interval: Duration) -> Self {
-        self.add(prefix, Behavior::Sse(events.iter().map(|e| e.to_string()).collect(), interval))
+        self.add(
+            prefix,
+            Behavior::Sse(events.iter().map(|e| e.to_string()).collect(), interval),
+        )
     }
 
     /// A response whose chunks the test sends one at a time through the returned sender.
-    pub fn paced(self, prefix: &str, content_type: &'static str) -> (Self, mpsc::UnboundedSender<Bytes>) {
+    pub fn paced(
+        self,
+        prefix: &str,
+        content_type: &'static str,
+    ) -> (Self, mpsc::UnboundedSender<Bytes>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (self.add(prefix, Behavior::Paced(Arc::new(tokio::sync::Mutex::new(rx)), content_type)), tx)
+        (
+            self.add(
+                prefix,
+                Behavior::Paced(Arc::new(tokio::sync::Mutex::new(rx)), content_type),
+            ),
+            tx,
+        )
     }
 
     /// Reports each request body chunk to the returned receiver the moment it arrives.
@@ -111,7 +156,9 @@ impl UpstreamBuilder {
 
     /// Starts serving on `127.0.0.1:0`.
     pub async fn spawn(self) -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State {
             routes: self.routes,
@@ -146,7 +193,11 @@ impl UpstreamBuilder {
                 });
             }
         });
-        TestUpstream { addr, state, _stop: stop_tx }
+        TestUpstream {
+            addr,
+            state,
+            _stop: stop_tx,
+        }
     }
 }
 
@@ -173,7 +224,9 @@ fn full(b: impl Into<Bytes>) -> Body {
 
 fn stream_body(rx: mpsc::UnboundedReceiver<Bytes>) -> Body {
     let s = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     StreamBody::new(s).boxed_unsync()
 }
@@ -225,7 +278,11 @@ impl State {
                 }
                 Behavior::Echo => {
                     let (parts, body) = req.into_parts();
-                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
                     let r = self.record(&parts, body);
                     let mut headers: HashMap<String, Vec<String>> = HashMap::new();
                     for (k, v) in &r.headers {

@@ -151,7 +151,10 @@ impl SimState {
     }
 
     fn chat(&self, req: Value) -> Response<Body> {
-        let model = req["model"].as_str().unwrap_or("sim-llama-3-8b").to_string();
+        let model = req["model"]
+            .as_str()
+            .unwrap_or("sim-llama-3-8b")
+            .to_string();
         let prompt_tokens: usize = req["messages"]
             .as_array()
             .map(|m| {
@@ -188,11 +191,22 @@ impl SimState {
                 }
                 Bytes::from(format!("data: {v}\n\n"))
             };
-            let _ = tx.send(chunk(json!({"role": "assistant"}), Value::Null, Value::Null));
+            let _ = tx.send(chunk(
+                json!({"role": "assistant"}),
+                Value::Null,
+                Value::Null,
+            ));
             for (i, w) in words.iter().enumerate() {
                 tokio::time::sleep(delay).await;
-                let text = if i + 1 < words.len() { format!("{w} ") } else { w.clone() };
-                if tx.send(chunk(json!({"content": text}), Value::Null, Value::Null)).is_err() {
+                let text = if i + 1 < words.len() {
+                    format!("{w} ")
+                } else {
+                    w.clone()
+                };
+                if tx
+                    .send(chunk(json!({"content": text}), Value::Null, Value::Null))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -200,7 +214,9 @@ impl SimState {
             let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n"));
         });
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
         });
         Response::builder()
             .header("content-type", "text/event-stream")

@@ -49,10 +49,15 @@ async fn beat(
     ttl: i64,
     tick: u64,
 ) -> anyhow::Result<()> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
     for (i, id) in ids.iter().enumerate() {
-        let region = regions.get(i % regions.len().max(1)).cloned().unwrap_or_default();
-        let busy = (tick + i as u64) % 3 == 0;
+        let region = regions
+            .get(i % regions.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        let busy = (tick + i as u64).is_multiple_of(3);
         let status = serde_json::json!({
             "worker_id": id,
             "status": if busy { "busy" } else { "idle" },
@@ -71,17 +76,29 @@ async fn beat(
             "temperature_c": 40 + (tick % 30),
         });
         // Even workers write seconds, odd workers milliseconds: both occur in the wild.
-        let hb = if i % 2 == 0 {
+        let hb = if i.is_multiple_of(2) {
             now.as_secs().to_string()
         } else {
             now.as_millis().to_string()
         };
         let ex = Some(Expiration::EX(ttl));
         let _: () = client
-            .set(format!("worker:{id}:status"), status.to_string(), ex.clone(), None, false)
+            .set(
+                format!("worker:{id}:status"),
+                status.to_string(),
+                ex.clone(),
+                None,
+                false,
+            )
             .await?;
         let _: () = client
-            .set(format!("worker:{id}:gpu"), gpu.to_string(), ex.clone(), None, false)
+            .set(
+                format!("worker:{id}:gpu"),
+                gpu.to_string(),
+                ex.clone(),
+                None,
+                false,
+            )
             .await?;
         let _: () = client
             .set(format!("worker:{id}:heartbeat"), hb, ex, None, false)

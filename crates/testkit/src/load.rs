@@ -1,0 +1,200 @@
+//! The load harness shared by the end-to-end benchmarks: a fast fixed-response upstream, a
+//! minimal hyper reverse proxy (the baseline the gateway is held to), and a closed-loop load
+//! generator over keep-alive HTTP/1.1 connections. Each server runs on its own runtime with a
+//! chosen number of worker threads, so comparisons are like for like.
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// The body every benchmark upstream returns (a small JSON document).
+pub const UPSTREAM_BODY: &str =
+    r#"{"id":"job-1","status":"completed","result":{"output":"a small inference result"}}"#;
+
+/// Runs `f` (which binds and returns its address, then serves forever) on a dedicated
+/// multi-thread runtime with `workers` threads in a background OS thread.
+pub fn on_runtime<F, Fut>(workers: usize, f: F) -> SocketAddr
+where
+    F: FnOnce(std::sync::mpsc::Sender<SocketAddr>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(f(tx));
+    });
+    rx.recv().expect("server started")
+}
+
+/// A fixed-response HTTP/1.1 upstream on `workers` threads.
+pub fn fast_upstream(workers: usize) -> SocketAddr {
+    on_runtime(workers, |tx| async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tx.send(listener.local_addr().unwrap()).unwrap();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(UPSTREAM_BODY.as_bytes())))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+/// The baseline: the smallest sensible hyper reverse proxy (pooled client, streaming bodies,
+/// URI rewrite, nothing else) on `workers` threads, forwarding to `upstream`.
+pub fn minimal_proxy(workers: usize, upstream: SocketAddr) -> SocketAddr {
+    on_runtime(workers, move |tx| async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tx.send(listener.local_addr().unwrap()).unwrap();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, Incoming> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let client = client.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |mut req: Request<Incoming>| {
+                    let client = client.clone();
+                    async move {
+                        let pq = req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.as_str())
+                            .unwrap_or("/");
+                        *req.uri_mut() = Uri::try_from(format!("http://{upstream}{pq}")).unwrap();
+                        let resp = match client.request(req).await {
+                            Ok(r) => r.map(|b| b.boxed_unsync()),
+                            Err(_) => Response::builder()
+                                .status(502)
+                                .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+                                .unwrap(),
+                        };
+                        Ok::<Response<UnsyncBoxBody<Bytes, hyper::Error>>, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+/// What a load run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadResult {
+    /// Completed requests per second.
+    pub rps: f64,
+    /// Median latency.
+    pub p50: Duration,
+    /// 99th percentile latency.
+    pub p99: Duration,
+    /// Requests that failed or returned a non-2xx status.
+    pub errors: u64,
+}
+
+/// Drives `connections` keep-alive connections to `addr`, each sending `GET path` back to back,
+/// for `duration`, on the caller's runtime. Stops by itself.
+pub async fn run_load(
+    addr: SocketAddr,
+    path: &str,
+    connections: usize,
+    duration: Duration,
+) -> LoadResult {
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let path = path.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(4096);
+            let mut errors = 0u64;
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                return (lat, 1);
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok((mut send, conn)) =
+                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                    .await
+            else {
+                return (lat, 1);
+            };
+            tokio::spawn(conn);
+            while Instant::now() < end {
+                let req = Request::get(path.as_str())
+                    .header("host", addr.to_string())
+                    .header("user-agent", "wasmgate-load")
+                    .body(Empty::new())
+                    .unwrap();
+                let t = Instant::now();
+                match send.send_request(req).await {
+                    Ok(resp) => {
+                        let ok = resp.status().is_success();
+                        let body = resp.into_body().collect().await;
+                        if ok && body.is_ok() {
+                            lat.push(t.elapsed());
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, e) = t.await.unwrap_or_default();
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        if all.is_empty() {
+            Duration::ZERO
+        } else {
+            all[((all.len() as f64 * p) as usize).min(all.len() - 1)]
+        }
+    };
+    LoadResult {
+        rps: all.len() as f64 / elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        errors,
+    }
+}

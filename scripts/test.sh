@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the suite needs when it is missing, then
+# checks formatting, lints with clippy -D warnings, and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/prereqs.sh
+ensure_wasm_target
+ensure_redis_server
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked
