@@ -71,6 +71,21 @@ fn check_accepts_a_valid_file_and_names_key_and_file_otherwise() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/wasmgate.toml");
+    let out = wasmgate_command(&tempdir("example"))
+        .args(["check", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acip_env_mode_reads_dotenv_and_sets_worker_threads() {
     let up = upstream().spawn().await;

@@ -109,8 +109,9 @@ pin_project_lite::pin_project! {
     pub struct ResponseBody<B, G> {
         #[pin]
         inner: B,
-        #[pin]
-        deadline: Option<Sleep>,
+        deadline: Option<Instant>,
+        // Created only if the body is ever pending: most bodies finish without a timer.
+        sleep: Option<Pin<Box<Sleep>>>,
         guard: Option<G>,
     }
 }
@@ -120,7 +121,8 @@ impl<B, G> ResponseBody<B, G> {
     pub fn new(inner: B, deadline: Option<Instant>, guard: G) -> Self {
         ResponseBody {
             inner,
-            deadline: deadline.map(tokio::time::sleep_until),
+            deadline,
+            sleep: None,
             guard: Some(guard),
         }
     }
@@ -151,8 +153,11 @@ where
             }
             Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
             Poll::Pending => {
-                if let Some(sleep) = this.deadline.as_pin_mut() {
-                    if sleep.poll(cx).is_ready() {
+                if let Some(deadline) = *this.deadline {
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if sleep.as_mut().poll(cx).is_ready() {
                         this.guard.take();
                         return Poll::Ready(Some(Err(Box::new(BodyDeadline))));
                     }

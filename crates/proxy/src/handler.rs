@@ -46,7 +46,7 @@ where
     let request_id = headers::request_id(req.headers());
     match proxy(gw, req, conn, &request_id).await {
         Ok(resp) => resp,
-        Err(e) => error_response(&e, &request_id),
+        Err(e) => error_response(&e, headers::request_id_str(&request_id)),
     }
 }
 
@@ -54,7 +54,7 @@ async fn proxy<B>(
     gw: &Gateway,
     req: Request<B>,
     conn: &ConnInfo,
-    request_id: &str,
+    request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -64,10 +64,10 @@ where
         return Ok(health(gw, request_id));
     }
     let global_permit = match &gw.inner.in_flight {
-        Some(s) => Some(
-            s.clone()
-                .try_acquire_owned()
-                .map_err(|_| ProxyError::DownstreamConcurrency)?,
+        Some(limit) => Some(
+            limit
+                .try_acquire()
+                .ok_or(ProxyError::DownstreamConcurrency)?,
         ),
         None => None,
     };
@@ -86,16 +86,12 @@ where
     }
 
     let path = req.uri().path();
-    let route = snap.routes.find(path).ok_or(ProxyError::RouteNotFound)?;
-    let upstream = snap
-        .upstreams
-        .get(&route.upstream)
-        .ok_or(ProxyError::RouteNotFound)?;
+    let (route, upstream) = snap.route(path).ok_or(ProxyError::RouteNotFound)?;
     let upstream_permit = match &upstream.limit {
-        Some(s) => Some(
-            s.clone()
-                .try_acquire_owned()
-                .map_err(|_| ProxyError::UpstreamConcurrency(upstream.name.clone()))?,
+        Some(limit) => Some(
+            limit
+                .try_acquire()
+                .ok_or_else(|| ProxyError::UpstreamConcurrency(upstream.name.clone()))?,
         ),
         None => None,
     };
@@ -125,9 +121,9 @@ where
     for (name, value) in &upstream.inject {
         h.insert(name.clone(), value.clone());
     }
-    h.insert(X_REQUEST_ID, headers::value(request_id));
+    h.insert(X_REQUEST_ID, request_id.clone());
     let trace = TraceParent::continue_or_start(h.get(&TRACEPARENT).and_then(|v| v.to_str().ok()));
-    h.insert(TRACEPARENT, headers::value(&trace.header_value()));
+    h.insert(TRACEPARENT, trace.header_value());
     parts.uri = uri;
     parts.version = if upstream.client_is_http2() {
         Version::HTTP_2
@@ -173,9 +169,7 @@ where
 
     let (mut rparts, rbody) = resp.into_parts();
     remove_hop_by_hop(&mut rparts.headers);
-    rparts
-        .headers
-        .insert(X_REQUEST_ID, headers::value(request_id));
+    rparts.headers.insert(X_REQUEST_ID, request_id.clone());
     let streaming = rparts
         .headers
         .get(header::CONTENT_TYPE)
@@ -187,7 +181,7 @@ where
     Ok(Response::from_parts(rparts, body))
 }
 
-fn health(gw: &Gateway, request_id: &str) -> Response<ProxyBody> {
+fn health(gw: &Gateway, request_id: &HeaderValue) -> Response<ProxyBody> {
     let body = serde_json::json!({
         "status": "healthy",
         "version": VERSION,
@@ -201,7 +195,7 @@ fn health(gw: &Gateway, request_id: &str) -> Response<ProxyBody> {
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(X_REQUEST_ID, headers::value(request_id));
+    h.insert(X_REQUEST_ID, request_id.clone());
     resp
 }
 

@@ -44,15 +44,22 @@ pub fn is_valid_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// The request's id: the incoming `X-Request-ID` when valid, else a new UUID v4.
-pub fn request_id(headers: &HeaderMap) -> String {
+/// The request's id: the incoming `X-Request-ID` when valid (shared, not copied), else a new
+/// UUID v4.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     match headers.get(X_REQUEST_ID) {
-        Some(v) if is_valid_request_id(v.as_bytes()) => {
-            // Valid ids are ASCII by construction.
-            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        Some(v) if is_valid_request_id(v.as_bytes()) => v.clone(),
+        _ => {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            HeaderValue::from_str(s).expect("a UUID is a valid header value")
         }
-        _ => uuid::Uuid::new_v4().to_string(),
     }
+}
+
+/// A request id as text (valid ids are ASCII by construction).
+pub fn request_id_str(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("")
 }
 
 /// Sum of header name and value lengths, as a client would have sent them.
@@ -97,7 +104,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID, "bad\tid".parse().unwrap());
         let id = request_id(&h);
-        assert!(uuid::Uuid::parse_str(&id).is_ok());
+        assert!(uuid::Uuid::parse_str(request_id_str(&id)).is_ok());
         h.insert(X_REQUEST_ID, "keep-me-1".parse().unwrap());
         assert_eq!(request_id(&h), "keep-me-1");
     }

@@ -13,6 +13,7 @@ pub mod error;
 mod forwarded;
 pub mod handler;
 pub mod headers;
+pub mod limit;
 mod routes;
 mod server;
 mod snapshot;

@@ -61,7 +61,12 @@ impl RouteTable {
     /// The longest route whose prefix matches `path` on a segment boundary:
     /// `/api` matches `/api` and `/api/x`, never `/apix`.
     pub fn find(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| {
+        self.find_index(path).map(|i| &self.routes[i])
+    }
+
+    /// The index in [`RouteTable::routes`] of the route [`RouteTable::find`] returns.
+    pub fn find_index(&self, path: &str) -> Option<usize> {
+        self.routes.iter().position(|r| {
             r.prefix == "/"
                 || (path.starts_with(r.prefix.as_str())
                     && matches!(path.as_bytes().get(r.prefix.len()), None | Some(b'/')))

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Semaphore;
 use wasmgate_config::{parse_trusted_proxy, Config};
 
 use crate::forwarded::Forwarded;
+use crate::limit::InFlightLimit;
 use crate::routes::RouteTable;
 use crate::upstream::Upstream;
 
@@ -36,10 +36,18 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// Upstreams by name.
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// The upstream of each route, in `routes.routes()` order (resolved once, not per request).
+    route_upstreams: Vec<Arc<Upstream>>,
     pub(crate) forwarded: Forwarded,
 }
 
 impl Snapshot {
+    /// The route matching `path` and its upstream.
+    pub fn route(&self, path: &str) -> Option<(&crate::routes::Route, &Arc<Upstream>)> {
+        let i = self.routes.find_index(path)?;
+        Some((&self.routes.routes()[i], &self.route_upstreams[i]))
+    }
+
     /// The client's address: the peer, or the first untrusted hop of `X-Forwarded-For`
     /// when the peer is a trusted proxy (and forwarding is configured).
     pub fn client_ip(&self, peer: std::net::IpAddr, headers: &http::HeaderMap) -> std::net::IpAddr {
@@ -75,8 +83,23 @@ impl Snapshot {
             .map(|p| parse_trusted_proxy(p))
             .collect::<Result<Vec<_>, _>>()
             .map_err(BuildError::TrustedProxy)?;
+        let routes = RouteTable::new(&config.routes);
+        let route_upstreams = routes
+            .routes()
+            .iter()
+            .map(|r| {
+                upstreams
+                    .get(&r.upstream)
+                    .cloned()
+                    .ok_or_else(|| BuildError::Upstream {
+                        name: r.upstream.clone(),
+                        message: format!("route `{}` points at an undefined upstream", r.name),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Snapshot {
-            routes: RouteTable::new(&config.routes),
+            routes,
+            route_upstreams,
             forwarded: Forwarded {
                 enabled: config.forwarded.enabled,
                 trusted,
@@ -89,7 +112,7 @@ impl Snapshot {
 
 pub(crate) struct GatewayInner {
     pub snapshot: ArcSwap<Snapshot>,
-    pub in_flight: Option<Arc<Semaphore>>,
+    pub in_flight: Option<Arc<InFlightLimit>>,
     pub started: Instant,
 }
 
@@ -113,7 +136,7 @@ impl Gateway {
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
                 snapshot: ArcSwap::from_pointee(snapshot),
-                in_flight: (max > 0).then(|| Arc::new(Semaphore::new(max))),
+                in_flight: (max > 0).then(|| InFlightLimit::new(max)),
                 started: Instant::now(),
             }),
         })

@@ -1,7 +1,5 @@
 //! W3C Trace Context (`traceparent`): continue an incoming trace with a span id of the
 //! gateway's own, or start a new one. The observability issue adds span export on top.
-use std::fmt::Write as _;
-
 /// A parsed or generated `traceparent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
@@ -74,15 +72,25 @@ impl TraceParent {
         format!("{:032x}", self.trace_id)
     }
 
-    /// The header value.
-    pub fn header_value(&self) -> String {
-        let mut s = String::with_capacity(55);
-        let _ = write!(
-            s,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        );
-        s
+    /// The header value (`00-<trace>-<span>-<flags>`, 55 bytes), formatted without `fmt`
+    /// because it is on every request's path.
+    pub fn header_value(&self) -> http::HeaderValue {
+        let mut buf = [b'-'; 55];
+        buf[0] = b'0';
+        buf[1] = b'0';
+        hex_into(&mut buf[3..35], self.trace_id);
+        hex_into(&mut buf[36..52], self.span_id as u128);
+        hex_into(&mut buf[53..55], self.flags as u128);
+        http::HeaderValue::from_bytes(&buf).expect("hex digits and dashes are a valid header value")
+    }
+}
+
+/// Writes the low `out.len()` hex digits of `v` into `out`, lowercase, most significant first.
+fn hex_into(out: &mut [u8], mut v: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = HEX[(v & 0xf) as usize];
+        v >>= 4;
     }
 }
 
@@ -116,6 +124,15 @@ mod tests {
         assert_eq!(p.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(p.span_id, 0x00f067aa0ba902b7);
         assert_eq!(p.header_value(), EXAMPLE);
+        let small = TraceParent {
+            trace_id: 1,
+            span_id: 2,
+            flags: 0,
+        };
+        assert_eq!(
+            small.header_value(),
+            "00-00000000000000000000000000000001-0000000000000002-00"
+        );
     }
 
     #[test]
@@ -141,6 +158,6 @@ mod tests {
         let n = TraceParent::continue_or_start(Some("garbage"));
         assert_ne!(n.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(n.flags, 1);
-        assert!(TraceParent::parse(&n.header_value()).is_some());
+        assert!(TraceParent::parse(n.header_value().to_str().unwrap()).is_some());
     }
 }

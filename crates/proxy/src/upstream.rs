@@ -10,10 +10,10 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::Semaphore;
 use wasmgate_config::UpstreamConfig;
 
 use crate::body::ProxyBody;
+use crate::limit::InFlightLimit;
 
 /// One target of an upstream, parsed once.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ pub struct Upstream {
     /// The configured request timeout in ms, for messages.
     pub request_timeout_ms: u64,
     /// In-flight cap, when configured.
-    pub limit: Option<Arc<Semaphore>>,
+    pub limit: Option<Arc<InFlightLimit>>,
     /// Keep the client's `Host`.
     pub preserve_host: bool,
     /// Headers set on every request (values are secrets: marked sensitive).
@@ -158,7 +158,7 @@ impl Upstream {
             client,
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
             request_timeout_ms: cfg.request_timeout_ms,
-            limit: (cfg.max_in_flight > 0).then(|| Arc::new(Semaphore::new(cfg.max_in_flight))),
+            limit: (cfg.max_in_flight > 0).then(|| InFlightLimit::new(cfg.max_in_flight)),
             preserve_host: cfg.preserve_host,
             inject,
             remove,

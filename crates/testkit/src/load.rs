@@ -20,16 +20,19 @@ pub const UPSTREAM_BODY: &str =
     r#"{"id":"job-1","status":"completed","result":{"output":"a small inference result"}}"#;
 
 /// Runs `f` (which binds and returns its address, then serves forever) on a dedicated
-/// multi-thread runtime with `workers` threads in a background OS thread.
-pub fn on_runtime<F, Fut>(workers: usize, f: F) -> SocketAddr
+/// multi-thread runtime with `workers` threads named `name` (so profilers can tell them apart),
+/// in a background OS thread.
+pub fn on_runtime<F, Fut>(name: &str, workers: usize, f: F) -> SocketAddr
 where
     F: FnOnce(std::sync::mpsc::Sender<SocketAddr>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     let (tx, rx) = std::sync::mpsc::channel();
+    let name = name.to_string();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
+            .thread_name(name)
             .enable_all()
             .build()
             .expect("runtime");
@@ -40,7 +43,7 @@ where
 
 /// A fixed-response HTTP/1.1 upstream on `workers` threads.
 pub fn fast_upstream(workers: usize) -> SocketAddr {
-    on_runtime(workers, |tx| async move {
+    on_runtime("bench-upstream", workers, |tx| async move {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         tx.send(listener.local_addr().unwrap()).unwrap();
         loop {
@@ -68,7 +71,7 @@ pub fn fast_upstream(workers: usize) -> SocketAddr {
 /// The baseline: the smallest sensible hyper reverse proxy (pooled client, streaming bodies,
 /// URI rewrite, nothing else) on `workers` threads, forwarding to `upstream`.
 pub fn minimal_proxy(workers: usize, upstream: SocketAddr) -> SocketAddr {
-    on_runtime(workers, move |tx| async move {
+    on_runtime("bench-minimal", workers, move |tx| async move {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         tx.send(listener.local_addr().unwrap()).unwrap();
         let mut connector = HttpConnector::new();

@@ -1,0 +1,86 @@
+//! In-flight caps. Requests are never queued for a permit (over the cap they get a 503), so an
+//! atomic counter does the job without the waiter list (and its mutex) of a semaphore.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A cap on concurrent holders.
+#[derive(Debug)]
+pub struct InFlightLimit {
+    max: usize,
+    current: AtomicUsize,
+}
+
+/// Held while a request is in flight; gives the slot back on drop.
+#[derive(Debug)]
+pub struct InFlightPermit(Arc<InFlightLimit>);
+
+impl InFlightLimit {
+    /// A limit of `max` concurrent holders.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(InFlightLimit {
+            max,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes a slot, or `None` when all `max` are taken.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<InFlightPermit> {
+        let prev = self.current.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.max {
+            self.current.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlightPermit(self.clone()))
+    }
+
+    /// Slots taken now.
+    pub fn in_flight(&self) -> usize {
+        self.current.load(Ordering::Acquire).min(self.max)
+    }
+}
+
+impl Drop for InFlightPermit {
+    fn drop(&mut self) {
+        self.0.current.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_and_releases() {
+        let l = InFlightLimit::new(2);
+        let a = l.try_acquire().unwrap();
+        let _b = l.try_acquire().unwrap();
+        assert!(l.try_acquire().is_none());
+        assert_eq!(l.in_flight(), 2);
+        drop(a);
+        assert!(l.try_acquire().is_some());
+    }
+
+    #[test]
+    fn concurrent_holders_never_exceed_the_cap() {
+        let l = InFlightLimit::new(3);
+        let peak = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (l, peak) = (l.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        if let Some(p) = l.try_acquire() {
+                            peak.fetch_max(l.current.load(Ordering::Acquire), Ordering::AcqRel);
+                            drop(p);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(peak.load(Ordering::Acquire) <= 3);
+        assert_eq!(l.in_flight(), 0);
+    }
+}
