@@ -17,7 +17,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use crate::body::{full, BoxError, LimitedBody, ProxyBody, ResponseBody};
+use crate::body::{empty, full, BoxError, LimitedBody, ProxyBody, ResponseBody};
 use crate::error::{error_response, ProxyError, Result};
 use crate::headers::{self, remove_hop_by_hop, X_REQUEST_ID};
 use crate::trace_context::TraceParent;
@@ -131,8 +131,14 @@ where
         Version::HTTP_11
     };
 
-    let tripped = Arc::new(AtomicBool::new(false));
-    let body = LimitedBody::new(body, limits.max_body_bytes, tripped.clone()).boxed_unsync();
+    // Bodiless requests (most GETs) skip the limiter: no flag, no allocation.
+    let (body, tripped) = if body.is_end_stream() {
+        (empty(), None)
+    } else {
+        let tripped = Arc::new(AtomicBool::new(false));
+        let limited = LimitedBody::new(body, limits.max_body_bytes, tripped.clone());
+        (limited.boxed_unsync(), Some(tripped))
+    };
     let deadline = Instant::now() + upstream.request_timeout;
     let sent = tokio::time::timeout_at(
         deadline,
@@ -147,7 +153,7 @@ where
                 timeout_ms: upstream.request_timeout_ms,
             })
         }
-        Ok(Err(_)) if tripped.load(Ordering::Acquire) => {
+        Ok(Err(_)) if tripped.is_some_and(|t| t.load(Ordering::Acquire)) => {
             return Err(ProxyError::PayloadTooLarge(limits.max_body_bytes))
         }
         Ok(Err(e)) if e.is_connect() => {

@@ -25,7 +25,7 @@ pub use error::{ProxyError, Result};
 pub use routes::RouteTable;
 pub use server::{shutdown_signal, Server};
 pub use snapshot::{BuildError, Gateway, Snapshot};
-pub use upstream::{Target, Upstream};
+pub use upstream::{Target, Upstream, UpstreamClient};
 
 /// The version reported by `/gateway/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -8,7 +8,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use wasmgate_config::UpstreamConfig;
 
@@ -66,6 +66,26 @@ impl Target {
     }
 }
 
+/// The pooled client: plain HTTP when every target is `http://` (cheaper per request: the
+/// connector is cloned for each request), rustls-capable otherwise.
+#[derive(Clone)]
+pub enum UpstreamClient {
+    /// Every target is `http://`.
+    Http(Client<HttpConnector, ProxyBody>),
+    /// At least one target is `https://`.
+    Https(Client<HttpsConnector<HttpConnector>, ProxyBody>),
+}
+
+impl UpstreamClient {
+    /// Sends a request on a pooled connection.
+    pub fn request(&self, req: http::Request<ProxyBody>) -> ResponseFuture {
+        match self {
+            UpstreamClient::Http(c) => c.request(req),
+            UpstreamClient::Https(c) => c.request(req),
+        }
+    }
+}
+
 /// A named upstream with its own connection pool.
 pub struct Upstream {
     /// Its name in `[upstreams]`.
@@ -74,7 +94,7 @@ pub struct Upstream {
     pub targets: Vec<Target>,
     next: AtomicUsize,
     /// The pooled HTTP client.
-    pub client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    pub client: UpstreamClient,
     /// Time to response headers (and non-streaming bodies).
     pub request_timeout: Duration,
     /// The configured request timeout in ms, for messages.
@@ -111,30 +131,35 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(rustls::RootCertStore::from_iter(
-            webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
-        ))
-        .with_no_client_auth();
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        let connector = if cfg.http2 {
-            builder.enable_http2().wrap_connector(http)
-        } else {
-            builder.enable_http1().wrap_connector(http)
-        };
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
             .pool_max_idle_per_host(cfg.pool_max_idle_per_target)
-            .http2_only(cfg.http2)
-            .build(connector);
+            .http2_only(cfg.http2);
+        let client = if targets.iter().all(|t| t.scheme == Scheme::HTTP) {
+            UpstreamClient::Http(builder.build(http))
+        } else {
+            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(rustls::RootCertStore::from_iter(
+                webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
+            ))
+            .with_no_client_auth();
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http();
+            let connector = if cfg.http2 {
+                https.enable_http2().wrap_connector(http)
+            } else {
+                https.enable_http1().wrap_connector(http)
+            };
+            UpstreamClient::Https(builder.build(connector))
+        };
         let inject = cfg
             .inject_headers
             .iter()
