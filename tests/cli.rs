@@ -17,6 +17,12 @@ fn config_with(route_prefixes: &[(&str, &str)]) -> String {
     s
 }
 
+fn spawn_with_file(dir: &std::path::Path, file: &std::path::Path) -> GatewayProcess {
+    let mut cmd = wasmgate_command(dir);
+    cmd.arg("--config").arg(file);
+    GatewayProcess::spawn(cmd)
+}
+
 #[test]
 fn check_accepts_a_valid_file_and_names_key_and_file_otherwise() {
     let dir = tempdir("check");
@@ -132,9 +138,7 @@ async fn config_file_changes_go_live_and_bad_files_are_refused() {
     let dir = tempdir("reload");
     let file = dir.join("wasmgate.toml");
     std::fs::write(&file, config_with(&[("/a", &a.url())])).unwrap();
-    let mut cmd = wasmgate_command(&dir);
-    cmd.arg("--config").arg(&file);
-    let gw = GatewayProcess::spawn(cmd);
+    let gw = spawn_with_file(&dir, &file);
     let c = client();
     assert_eq!(c.get(gw.url("/b")).send().await.unwrap().status(), 404);
 
@@ -256,9 +260,7 @@ async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
     let dir = tempdir("term");
     let file = dir.join("wasmgate.toml");
     std::fs::write(&file, config_with(&[("/", &up.url())])).unwrap();
-    let mut cmd = wasmgate_command(&dir);
-    cmd.arg("--config").arg(&file);
-    let mut gw = GatewayProcess::spawn(cmd);
+    let mut gw = spawn_with_file(&dir, &file);
     let in_flight = tokio::spawn(client().get(gw.url("/slow")).send());
     up.wait_for_requests(1).await;
     gw.signal("TERM");
