@@ -1,0 +1,509 @@
+//! A loaded plugin: its compiled component, settings, per-tenant instance pools, statistics
+//! and state (active, disabled by an operator, or failed: disabled after repeated traps).
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Component;
+use wasmtime::{Store, Trap};
+
+use crate::bindings::{GatewayPluginPre, Phase, PluginInfo};
+use crate::engine::{PluginEngine, EPOCH_TICK};
+use crate::host::{Grants, HostState};
+use crate::pool::{Checkout, InstancePool, Pooled};
+use crate::services::HostServices;
+use crate::settings::{FailPolicy, PluginSettings};
+use crate::{PluginError, Result};
+
+/// Where a plugin came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", content = "path", rename_all = "lowercase")]
+pub enum PluginSource {
+    /// Compiled into the binary.
+    Builtin,
+    /// A `.wasm` file in the plugin folder.
+    File(std::path::PathBuf),
+}
+
+/// The phases a plugin implements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// `on-request-headers`.
+    pub request_headers: bool,
+    /// `on-request-body`.
+    pub request_body: bool,
+    /// `on-response-headers`.
+    pub response_headers: bool,
+    /// `on-response-body`.
+    pub response_body: bool,
+    /// `on-log`.
+    pub log: bool,
+}
+
+impl Phases {
+    fn from_wit(phases: &[Phase]) -> Phases {
+        let mut p = Phases::default();
+        for phase in phases {
+            match phase {
+                Phase::RequestHeaders => p.request_headers = true,
+                Phase::RequestBody => p.request_body = true,
+                Phase::ResponseHeaders => p.response_headers = true,
+                Phase::ResponseBody => p.response_body = true,
+                Phase::Log => p.log = true,
+            }
+        }
+        p
+    }
+
+    /// The phase names, for `/gateway/plugins`.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.request_headers, "request-headers"),
+            (self.request_body, "request-body"),
+            (self.response_headers, "response-headers"),
+            (self.response_body, "response-body"),
+            (self.log, "log"),
+        ]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect()
+    }
+}
+
+/// A plugin's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginState {
+    /// Runs in the request path.
+    Active,
+    /// Turned off by an operator.
+    Disabled,
+    /// Turned off by the host after repeated traps.
+    Failed,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallFailure {
+    /// The guest trapped (panic, unreachable, bad memory access...).
+    Trap(String),
+    /// The CPU budget ran out.
+    CpuBudget,
+    /// Memory growth beyond the cap was refused and the guest died of it.
+    Memory,
+    /// Every instance the plugin may have is busy.
+    NoInstance,
+    /// The plugin is not active.
+    Inactive,
+}
+
+impl std::fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallFailure::Trap(m) => write!(f, "trap: {m}"),
+            CallFailure::CpuBudget => f.write_str("CPU budget exhausted"),
+            CallFailure::Memory => f.write_str("memory cap reached"),
+            CallFailure::NoInstance => f.write_str("instance limit reached"),
+            CallFailure::Inactive => f.write_str("plugin is not active"),
+        }
+    }
+}
+
+/// Call statistics.
+#[derive(Debug)]
+pub struct PluginStats {
+    /// Phase calls made.
+    pub calls: AtomicU64,
+    /// Calls that trapped (any cause).
+    pub traps: AtomicU64,
+    /// Calls stopped by the CPU budget.
+    pub cpu_kills: AtomicU64,
+    /// Calls stopped by the memory cap.
+    pub memory_kills: AtomicU64,
+    /// Instances created.
+    pub instantiations: AtomicU64,
+    /// Log2-ns buckets of call durations, for percentiles without locks.
+    buckets: [AtomicU64; 40],
+}
+
+impl Default for PluginStats {
+    fn default() -> Self {
+        PluginStats {
+            calls: AtomicU64::new(0),
+            traps: AtomicU64::new(0),
+            cpu_kills: AtomicU64::new(0),
+            memory_kills: AtomicU64::new(0),
+            instantiations: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl PluginStats {
+    fn record_duration(&self, d: Duration) {
+        let ns = d.as_nanos().max(1) as u64;
+        let b = (63 - ns.leading_zeros() as usize).min(39);
+        self.buckets[b].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An approximate percentile of call duration in microseconds (bucket midpoint).
+    pub fn percentile_us(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let target = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                let lo = (1u64 << i) as f64;
+                return Some(lo * 1.5 / 1000.0);
+            }
+        }
+        None
+    }
+}
+
+/// A plugin ready to run.
+pub struct LoadedPlugin {
+    /// Name (from `init`).
+    pub name: String,
+    /// Version (from `init`).
+    pub version: String,
+    /// Where it came from.
+    pub source: PluginSource,
+    /// sha256 of the wasm.
+    pub sha256: String,
+    /// Implemented phases.
+    pub phases: Phases,
+    /// Capabilities requested by the plugin and granted by the operator.
+    pub granted: Vec<String>,
+    /// Capabilities requested but not granted.
+    pub refused: Vec<String>,
+    /// Settings (budgets, policy, config, where it applies).
+    pub settings: PluginSettings,
+    /// Whether the compiled code came from the disk cache.
+    pub from_cache: bool,
+    /// Statistics.
+    pub stats: PluginStats,
+    pre: GatewayPluginPre<HostState>,
+    engine: wasmtime::Engine,
+    services: Arc<HostServices>,
+    pools: Mutex<HashMap<Option<String>, Arc<InstancePool>>>,
+    state: AtomicU8,
+    failure: Mutex<Option<String>>,
+    recent_traps: Mutex<VecDeque<Instant>>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Traps within this window count towards automatic disabling.
+const TRAP_WINDOW: Duration = Duration::from_secs(60);
+
+impl LoadedPlugin {
+    /// Compiles, links and initializes a plugin; any failure is the reason it is refused.
+    pub async fn load(
+        engine: &PluginEngine,
+        services: Arc<HostServices>,
+        source: PluginSource,
+        wasm: &[u8],
+        settings: PluginSettings,
+    ) -> Result<LoadedPlugin> {
+        let sha256 = crate::engine::sha256_hex(wasm);
+        let (component, from_cache): (Component, bool) = engine.compile(wasm)?;
+        let pre = engine
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::World(format!("{e:#}")))?;
+        let pre = GatewayPluginPre::new(pre).map_err(|e| PluginError::World(format!("{e:#}")))?;
+        let mut plugin = LoadedPlugin {
+            name: String::new(),
+            version: String::new(),
+            source,
+            sha256,
+            phases: Phases::default(),
+            granted: Vec::new(),
+            refused: Vec::new(),
+            settings,
+            from_cache,
+            stats: PluginStats::default(),
+            pre,
+            engine: engine.engine.clone(),
+            services,
+            pools: Mutex::new(HashMap::new()),
+            state: AtomicU8::new(0),
+            failure: Mutex::new(None),
+            recent_traps: Mutex::new(VecDeque::new()),
+        };
+        // A probe instance: `init` must succeed, and its answer defines the plugin.
+        let (mut probe, info) = plugin.instantiate(None).await.map_err(|e| match e {
+            InstantiateError::Init(m) => PluginError::Init(m),
+            InstantiateError::Wasm(m) => PluginError::Init(m),
+        })?;
+        plugin.adopt_info(info)?;
+        // The probe was made before its name and grants were known: give it the real ones.
+        probe.store.data_mut().grants = Arc::new(Grants::new(
+            &plugin.name,
+            None,
+            &plugin.services.key_prefix,
+            &plugin.granted,
+        ));
+        let pool = plugin.pool(None);
+        assert!(pool.reserve(usize::MAX));
+        pool.put_back(probe);
+        Ok(plugin)
+    }
+
+    fn adopt_info(&mut self, info: PluginInfo) -> Result<()> {
+        let valid_name = !info.name.is_empty()
+            && info.name.len() <= 64
+            && info
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid_name {
+            return Err(PluginError::Init(format!(
+                "plugin name `{}` must be 1-64 of [a-z0-9-]",
+                info.name
+            )));
+        }
+        for cap in &info.capabilities {
+            if !["kv", "workers", "metrics"].contains(&cap.as_str()) {
+                return Err(PluginError::Init(format!("unknown capability `{cap}`")));
+            }
+            if self.settings.grants.iter().any(|g| g == cap) {
+                self.granted.push(cap.clone());
+            } else {
+                self.refused.push(cap.clone());
+            }
+        }
+        self.name = info.name;
+        self.version = info.version;
+        self.phases = Phases::from_wit(&info.phases);
+        Ok(())
+    }
+
+    fn pool(&self, tenant: Option<&str>) -> Arc<InstancePool> {
+        self.pools
+            .lock()
+            .unwrap()
+            .entry(tenant.map(str::to_string))
+            .or_default()
+            .clone()
+    }
+
+    fn budget_ticks(&self) -> u64 {
+        (self.settings.cpu_budget_ms * 1000)
+            .div_ceil(EPOCH_TICK.as_micros() as u64)
+            .max(1)
+    }
+
+    async fn instantiate(
+        &self,
+        tenant: Option<&str>,
+    ) -> std::result::Result<(Pooled, PluginInfo), InstantiateError> {
+        let name = if self.name.is_empty() {
+            "(loading)"
+        } else {
+            &self.name
+        };
+        let grants = Arc::new(Grants::new(
+            name,
+            tenant,
+            &self.services.key_prefix,
+            &self.granted,
+        ));
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(grants, self.services.clone(), self.settings.memory_bytes),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.budget_ticks() * 10); // instantiation + init get 10 budgets
+        let bindings = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| InstantiateError::Wasm(format!("instantiation failed: {e:#}")))?;
+        let info = bindings
+            .call_init(&mut store, &self.settings.config_json)
+            .await
+            .map_err(|e| InstantiateError::Wasm(format!("init trapped: {e:#}")))?
+            .map_err(InstantiateError::Init)?;
+        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        Ok((
+            Pooled {
+                store,
+                bindings,
+                uses: 0,
+            },
+            info,
+        ))
+    }
+
+    /// Checks out an instance for a request of `tenant`.
+    pub async fn checkout(
+        &self,
+        tenant: Option<&str>,
+    ) -> std::result::Result<Checkout, CallFailure> {
+        if self.state() != PluginState::Active {
+            return Err(CallFailure::Inactive);
+        }
+        let pool = self.pool(tenant);
+        if let Some(inst) = pool.take_idle() {
+            return Ok(Checkout::new(pool, inst));
+        }
+        if !pool.reserve(self.settings.max_instances) {
+            return Err(CallFailure::NoInstance);
+        }
+        match self.instantiate(tenant).await {
+            Ok((inst, info)) if info.name == self.name => Ok(Checkout::new(pool, inst)),
+            Ok((_, info)) => {
+                pool.release();
+                Err(self.record_failure(CallFailure::Trap(format!(
+                    "init now says name `{}`",
+                    info.name
+                ))))
+            }
+            Err(e) => {
+                pool.release();
+                let msg = match e {
+                    InstantiateError::Init(m) | InstantiateError::Wasm(m) => m,
+                };
+                Err(self.record_failure(CallFailure::Trap(msg)))
+            }
+        }
+    }
+
+    /// Prepares a call: the CPU deadline.
+    pub(crate) fn arm(&self, inst: &mut Pooled) {
+        inst.store.set_epoch_deadline(self.budget_ticks());
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Classifies a call's outcome and updates the statistics.
+    pub(crate) fn finish_call<T>(
+        &self,
+        inst: &Pooled,
+        started: Instant,
+        r: wasmtime::Result<T>,
+    ) -> std::result::Result<T, CallFailure> {
+        self.stats.record_duration(started.elapsed());
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let failure = if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                    CallFailure::CpuBudget
+                } else if inst.store.data().limiter.refused {
+                    CallFailure::Memory
+                } else {
+                    CallFailure::Trap(format!("{e:#}"))
+                };
+                Err(self.record_failure(failure))
+            }
+        }
+    }
+
+    fn record_failure(&self, f: CallFailure) -> CallFailure {
+        self.stats.traps.fetch_add(1, Ordering::Relaxed);
+        match f {
+            CallFailure::CpuBudget => self.stats.cpu_kills.fetch_add(1, Ordering::Relaxed),
+            CallFailure::Memory => self.stats.memory_kills.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        tracing::warn!(plugin = %self.name, failure = %f, "plugin call failed; its instance is replaced");
+        let now = Instant::now();
+        let mut recent = self.recent_traps.lock().unwrap();
+        recent.push_back(now);
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > TRAP_WINDOW)
+        {
+            recent.pop_front();
+        }
+        let limit = self.settings.disable_after_traps;
+        if limit > 0 && recent.len() as u32 >= limit && self.state() == PluginState::Active {
+            let reason = format!(
+                "disabled after {} traps within {}s; last: {f}",
+                recent.len(),
+                TRAP_WINDOW.as_secs()
+            );
+            tracing::error!(plugin = %self.name, %reason, "plugin disabled automatically");
+            *self.failure.lock().unwrap() = Some(reason);
+            self.state.store(2, Ordering::Release);
+            self.clear_pools();
+        }
+        f
+    }
+
+    /// Whether an instance should be retired instead of reused.
+    pub(crate) fn should_retire(&self, inst: &Pooled) -> bool {
+        inst.uses >= self.settings.max_uses
+            || inst.store.data().limiter.peak_bytes > self.settings.memory_high_water()
+    }
+
+    /// The state.
+    pub fn state(&self) -> PluginState {
+        match self.state.load(Ordering::Acquire) {
+            0 => PluginState::Active,
+            1 => PluginState::Disabled,
+            _ => PluginState::Failed,
+        }
+    }
+
+    /// Why the plugin failed, when it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap().clone()
+    }
+
+    /// Turns the plugin on (clearing a failure) or off.
+    pub fn set_enabled(&self, on: bool) {
+        if on {
+            self.recent_traps.lock().unwrap().clear();
+            *self.failure.lock().unwrap() = None;
+            self.state.store(0, Ordering::Release);
+        } else {
+            self.state.store(1, Ordering::Release);
+            self.clear_pools();
+        }
+    }
+
+    fn clear_pools(&self) {
+        for pool in self.pools.lock().unwrap().values() {
+            pool.clear();
+        }
+    }
+
+    /// Idle instances across tenants.
+    pub fn idle_instances(&self) -> usize {
+        self.pools.lock().unwrap().values().map(|p| p.idle()).sum()
+    }
+
+    /// Live instances across tenants.
+    pub fn live_instances(&self) -> usize {
+        self.pools.lock().unwrap().values().map(|p| p.live()).sum()
+    }
+
+    /// What to do when a call fails.
+    pub fn fail_policy(&self) -> FailPolicy {
+        self.settings.fail_policy
+    }
+}
+
+enum InstantiateError {
+    Init(String),
+    Wasm(String),
+}

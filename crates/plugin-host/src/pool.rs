@@ -1,0 +1,108 @@
+//! Pools of live (Store, instance) pairs, one per (plugin, tenant). A request checks an
+//! instance out for its whole phase sequence and returns it after `on-log`; an instance that
+//! trapped is dropped instead, and one past its use count or memory high-water mark retired.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use wasmtime::Store;
+
+use crate::bindings::GatewayPlugin;
+use crate::host::HostState;
+
+/// A live instance and its store.
+pub struct Pooled {
+    /// The store (its data is the host state).
+    pub store: Store<HostState>,
+    /// The instance's typed exports.
+    pub bindings: GatewayPlugin,
+    /// Requests served.
+    pub uses: u64,
+}
+
+/// The idle instances of one (plugin, tenant) and a count of the live ones.
+#[derive(Default)]
+pub struct InstancePool {
+    idle: Mutex<Vec<Pooled>>,
+    live: AtomicUsize,
+}
+
+impl InstancePool {
+    /// An idle instance, if any.
+    pub fn take_idle(&self) -> Option<Pooled> {
+        self.idle.lock().unwrap().pop()
+    }
+
+    /// Reserves room for a new instance when fewer than `max` are live.
+    pub fn reserve(&self, max: usize) -> bool {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a reservation whose instance was never made, or an instance that was dropped.
+    pub fn release(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Returns a healthy instance for reuse.
+    pub fn put_back(&self, p: Pooled) {
+        self.idle.lock().unwrap().push(p);
+    }
+
+    /// Instances alive (idle or checked out).
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Idle instances.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap().len()
+    }
+
+    /// Drops every idle instance (on disable or unload).
+    pub fn clear(&self) {
+        let drained: Vec<Pooled> = std::mem::take(&mut *self.idle.lock().unwrap());
+        for _ in &drained {
+            self.release();
+        }
+    }
+}
+
+/// An instance checked out by one request. Dropping it without [`Checkout::give_back`]
+/// discards the instance (the right thing after a trap).
+pub struct Checkout {
+    pool: Arc<InstancePool>,
+    /// The instance.
+    pub inst: Option<Pooled>,
+}
+
+impl Checkout {
+    pub(crate) fn new(pool: Arc<InstancePool>, inst: Pooled) -> Self {
+        Checkout {
+            pool,
+            inst: Some(inst),
+        }
+    }
+
+    /// Returns the instance to its pool, or retires it when `retire` says so.
+    pub fn give_back(mut self, retire: bool) {
+        if let Some(inst) = self.inst.take() {
+            if retire {
+                drop(inst);
+                self.pool.release();
+            } else {
+                self.pool.put_back(inst);
+            }
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if self.inst.take().is_some() {
+            self.pool.release();
+        }
+    }
+}

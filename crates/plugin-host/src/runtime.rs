@@ -1,0 +1,252 @@
+//! The plugin runtime the gateway holds: the engine, the host services, and the current
+//! plugin chain (swapped atomically when the plugin folder changes; requests in flight keep
+//! the chain they started with).
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::engine::{EngineOptions, PluginEngine};
+use crate::host::RequestState;
+use crate::plugin::{LoadedPlugin, PluginSource, PluginState};
+use crate::services::HostServices;
+use crate::session::RequestSession;
+use crate::settings::{parse_manifest, PluginSettings};
+use crate::Result;
+
+/// A plugin file that could not be loaded, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    /// The file.
+    pub path: PathBuf,
+    /// The reason.
+    pub error: String,
+}
+
+/// The plugins in effect, in chain order, and the files refused when it was built.
+#[derive(Debug, Default)]
+pub struct PluginChain {
+    /// Active and inactive plugins, in order (lower `order` first, then name).
+    pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// Files refused at the last scan (the previous version, if any, stays in `plugins`).
+    pub refused: Vec<Refusal>,
+}
+
+impl PluginChain {
+    fn sorted(mut plugins: Vec<Arc<LoadedPlugin>>, refused: Vec<Refusal>) -> Self {
+        plugins.sort_by(|a, b| (a.settings.order, &a.name).cmp(&(b.settings.order, &b.name)));
+        PluginChain { plugins, refused }
+    }
+}
+
+/// The runtime.
+pub struct PluginRuntime {
+    engine: PluginEngine,
+    services: Arc<HostServices>,
+    chain: ArcSwap<PluginChain>,
+    builtins: Vec<Arc<LoadedPlugin>>,
+}
+
+impl std::fmt::Debug for PluginRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRuntime").finish_non_exhaustive()
+    }
+}
+
+impl PluginRuntime {
+    /// A runtime with no plugins.
+    pub fn new(opts: EngineOptions, services: Arc<HostServices>) -> Result<PluginRuntime> {
+        Ok(PluginRuntime {
+            engine: PluginEngine::new(opts)?,
+            services,
+            chain: ArcSwap::from_pointee(PluginChain::default()),
+            builtins: Vec::new(),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &PluginEngine {
+        &self.engine
+    }
+
+    /// The host services.
+    pub fn services(&self) -> &Arc<HostServices> {
+        &self.services
+    }
+
+    /// The chain in effect.
+    pub fn chain(&self) -> Arc<PluginChain> {
+        self.chain.load_full()
+    }
+
+    /// Loads one plugin from bytes.
+    pub async fn load(
+        &self,
+        source: PluginSource,
+        wasm: &[u8],
+        settings: PluginSettings,
+    ) -> Result<Arc<LoadedPlugin>> {
+        let enabled = settings.enabled;
+        let p =
+            LoadedPlugin::load(&self.engine, self.services.clone(), source, wasm, settings).await?;
+        if !enabled {
+            p.set_enabled(false);
+        }
+        Ok(Arc::new(p))
+    }
+
+    /// Replaces the chain with `plugins` (plus the built-ins they do not shadow).
+    pub fn install(&self, plugins: Vec<Arc<LoadedPlugin>>, refused: Vec<Refusal>) {
+        let mut all = plugins;
+        for b in &self.builtins {
+            if !all.iter().any(|p| p.name == b.name) {
+                all.push(b.clone());
+            }
+        }
+        self.chain
+            .store(Arc::new(PluginChain::sorted(all, refused)));
+    }
+
+    /// Sets the built-in plugins (a folder plugin with the same name replaces one).
+    pub fn set_builtins(&mut self, builtins: Vec<Arc<LoadedPlugin>>) {
+        self.builtins = builtins;
+    }
+
+    /// Scans `dir`: every `*.wasm` with its optional `<stem>.toml`. A plugin whose file and
+    /// manifest did not change since the current chain is kept as is; a file that fails to load
+    /// is refused with the reason and the version already running (if any) stays.
+    pub async fn scan_folder(&self, dir: &Path) -> (Vec<Arc<LoadedPlugin>>, Vec<Refusal>) {
+        let current = self.chain();
+        let by_path: HashMap<&Path, &Arc<LoadedPlugin>> = current
+            .plugins
+            .iter()
+            .filter_map(|p| match &p.source {
+                PluginSource::File(path) => Some((path.as_path(), p)),
+                PluginSource::Builtin => None,
+            })
+            .collect();
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+                .collect(),
+            Err(e) => {
+                if dir.exists() {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read the plugin folder");
+                }
+                Vec::new()
+            }
+        };
+        files.sort();
+        let mut loaded = Vec::new();
+        let mut refused = Vec::new();
+        for path in files {
+            match self
+                .load_file(&path, by_path.get(path.as_path()).copied())
+                .await
+            {
+                Ok(p) => loaded.push(p),
+                Err(error) => {
+                    tracing::error!(plugin = %path.display(), %error, "plugin refused; what ran before keeps running");
+                    if let Some(old) = by_path.get(path.as_path()) {
+                        loaded.push((*old).clone());
+                    }
+                    refused.push(Refusal { path, error });
+                }
+            }
+        }
+        // Two files must not claim the same plugin name.
+        let mut seen: HashMap<String, PathBuf> = HashMap::new();
+        let mut unique = Vec::new();
+        for p in loaded {
+            let path = match &p.source {
+                PluginSource::File(f) => f.clone(),
+                PluginSource::Builtin => PathBuf::new(),
+            };
+            if let Some(first) = seen.get(&p.name) {
+                refused.push(Refusal {
+                    path,
+                    error: format!(
+                        "plugin name `{}` is already used by {}",
+                        p.name,
+                        first.display()
+                    ),
+                });
+            } else {
+                seen.insert(p.name.clone(), path);
+                unique.push(p);
+            }
+        }
+        (unique, refused)
+    }
+
+    async fn load_file(
+        &self,
+        path: &Path,
+        current: Option<&Arc<LoadedPlugin>>,
+    ) -> std::result::Result<Arc<LoadedPlugin>, String> {
+        let wasm = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        let manifest_path = path.with_extension("toml");
+        let settings = match std::fs::read_to_string(&manifest_path) {
+            Ok(text) => {
+                parse_manifest(&text).map_err(|e| format!("{}: {e}", manifest_path.display()))?
+            }
+            Err(_) => PluginSettings::default(),
+        };
+        if let Some(cur) = current {
+            let same_manifest = serde_json::to_string(&cur.settings).ok()
+                == serde_json::to_string(&settings).ok()
+                && cur.settings.config_json == settings.config_json;
+            if cur.sha256 == crate::engine::sha256_hex(&wasm) && same_manifest {
+                return Ok(cur.clone());
+            }
+        }
+        self.load(PluginSource::File(path.to_path_buf()), &wasm, settings)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Rescans `dir` and installs the result.
+    pub async fn reload_folder(&self, dir: &Path) {
+        let (plugins, refused) = self.scan_folder(dir).await;
+        let names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+        tracing::info!(dir = %dir.display(), plugins = ?names, refused = refused.len(), "plugin chain installed");
+        self.install(plugins, refused);
+    }
+
+    /// A session for a request on `route`, or `None` when no plugin applies (the fast path).
+    pub fn session(
+        &self,
+        route: &str,
+        state: impl FnOnce() -> RequestState,
+    ) -> Option<RequestSession> {
+        let chain = self.chain.load();
+        if chain.plugins.is_empty() {
+            return None;
+        }
+        let applicable: Vec<Arc<LoadedPlugin>> = chain
+            .plugins
+            .iter()
+            .filter(|p| {
+                p.state() == PluginState::Active
+                    && (p.settings.routes.is_empty()
+                        || p.settings.routes.iter().any(|r| r == route))
+            })
+            .cloned()
+            .collect();
+        if applicable.is_empty() {
+            return None;
+        }
+        Some(RequestSession::new(applicable, Box::new(state())))
+    }
+
+    /// A plugin by name.
+    pub fn find(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        self.chain()
+            .plugins
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+    }
+}

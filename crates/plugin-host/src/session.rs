@@ -1,0 +1,248 @@
+//! One request's pass through a plugin chain. The proxy creates a [`RequestSession`] after
+//! routing, runs the request phase, moves headers in and out, runs the response phase, and
+//! drops the session when the response body is done: `on-log` then runs off the request path
+//! and the instances go back to their pools.
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderMap;
+
+use crate::bindings::{Action, LocalResponse};
+use crate::host::RequestState;
+use crate::plugin::{CallFailure, LoadedPlugin};
+use crate::pool::Checkout;
+use crate::settings::FailPolicy;
+
+/// What the chain decided about a request.
+#[derive(Debug)]
+pub enum Decision {
+    /// Go on to the upstream (with a target hint from a router plugin, if any).
+    Continue {
+        /// `host:port` a plugin asked for.
+        upstream_hint: Option<String>,
+    },
+    /// Answer locally.
+    Respond(LocalResponse),
+}
+
+/// A fail-closed plugin failed: the request gets `500 plugin_error`.
+#[derive(Debug, Clone)]
+pub struct PluginFailure {
+    /// The plugin.
+    pub plugin: String,
+    /// What happened.
+    pub failure: CallFailure,
+}
+
+struct Slot {
+    plugin: Arc<LoadedPlugin>,
+    checkout: Option<Checkout>,
+    /// Failed open earlier in this request: skip its later phases.
+    skipped: bool,
+}
+
+/// A request's plugins and the instances it holds.
+pub struct RequestSession {
+    slots: Vec<Slot>,
+    /// The request as plugins see and change it.
+    pub state: Box<RequestState>,
+}
+
+impl std::fmt::Debug for RequestSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestSession")
+            .field("plugins", &self.slots.len())
+            .finish()
+    }
+}
+
+impl RequestSession {
+    /// A session over `plugins` (already filtered for the route), in chain order.
+    pub fn new(
+        plugins: impl IntoIterator<Item = Arc<LoadedPlugin>>,
+        state: Box<RequestState>,
+    ) -> Self {
+        RequestSession {
+            slots: plugins
+                .into_iter()
+                .map(|plugin| Slot {
+                    plugin,
+                    checkout: None,
+                    skipped: false,
+                })
+                .collect(),
+            state,
+        }
+    }
+
+    /// Runs `on-request-headers` through the chain, in order.
+    pub async fn request_headers(&mut self) -> Result<Decision, PluginFailure> {
+        let mut hint = None;
+        for i in 0..self.slots.len() {
+            if !self.slots[i].plugin.phases.request_headers {
+                continue;
+            }
+            match self.call(i, Phase::RequestHeaders).await? {
+                Some(Action::Continue) | None => {}
+                Some(Action::ContinueTo(target)) => hint = Some(target),
+                Some(Action::Respond(resp)) => return Ok(Decision::Respond(resp)),
+            }
+        }
+        Ok(Decision::Continue {
+            upstream_hint: hint,
+        })
+    }
+
+    /// Runs `on-response-headers` in reverse chain order (the last plugin to see the request is
+    /// the first to see the response). `headers` are moved in and back out.
+    pub async fn response_headers(
+        &mut self,
+        status: u16,
+        headers: &mut HeaderMap,
+    ) -> Result<(), PluginFailure> {
+        self.state.response_status = Some(status);
+        self.state.response_headers = std::mem::take(headers);
+        let mut result = Ok(());
+        for i in (0..self.slots.len()).rev() {
+            if !self.slots[i].plugin.phases.response_headers {
+                continue;
+            }
+            if let Err(e) = self.call(i, Phase::ResponseHeaders).await {
+                result = Err(e);
+                break;
+            }
+        }
+        *headers = std::mem::take(&mut self.state.response_headers);
+        result
+    }
+
+    /// Whether any plugin in the session implements a phase that needs the session to live
+    /// until the response ends.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    async fn call(&mut self, i: usize, phase: Phase) -> Result<Option<Action>, PluginFailure> {
+        let tenant = self.state.tenant().map(str::to_string);
+        let slot = &mut self.slots[i];
+        if slot.skipped
+            || !slot
+                .plugin
+                .settings
+                .applies(&self.state.route, tenant.as_deref())
+        {
+            return Ok(None);
+        }
+        let plugin = slot.plugin.clone();
+        if slot.checkout.is_none() {
+            match plugin.checkout(tenant.as_deref()).await {
+                Ok(c) => slot.checkout = Some(c),
+                Err(CallFailure::Inactive) => {
+                    slot.skipped = true;
+                    return Ok(None);
+                }
+                Err(failure) => return Self::fail(slot, failure),
+            }
+        }
+        let inst = slot
+            .checkout
+            .as_mut()
+            .and_then(|c| c.inst.as_mut())
+            .expect("checked out above");
+        std::mem::swap(&mut inst.store.data_mut().req, &mut self.state);
+        plugin.arm(inst);
+        let started = Instant::now();
+        let r = match phase {
+            Phase::RequestHeaders => inst
+                .bindings
+                .call_on_request_headers(&mut inst.store)
+                .await
+                .map(Some),
+            Phase::ResponseHeaders => inst
+                .bindings
+                .call_on_response_headers(&mut inst.store)
+                .await
+                .map(Some),
+            Phase::Log => inst
+                .bindings
+                .call_on_log(&mut inst.store)
+                .await
+                .map(|()| None),
+        };
+        std::mem::swap(&mut inst.store.data_mut().req, &mut self.state);
+        match plugin.finish_call(inst, started, r) {
+            Ok(action) => Ok(action),
+            Err(failure) => {
+                // The store is unusable after a trap: drop it (a new instance replaces it).
+                slot.checkout.take();
+                Self::fail(slot, failure)
+            }
+        }
+    }
+
+    fn fail(slot: &mut Slot, failure: CallFailure) -> Result<Option<Action>, PluginFailure> {
+        match slot.plugin.fail_policy() {
+            FailPolicy::FailOpen => {
+                slot.skipped = true;
+                Ok(None)
+            }
+            FailPolicy::FailClosed => Err(PluginFailure {
+                plugin: slot.plugin.name.clone(),
+                failure,
+            }),
+        }
+    }
+
+    /// Runs `on-log` for the plugins that want it, then returns every instance to its pool.
+    async fn finish(mut self) {
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if s.plugin.phases.log && s.checkout.is_some() {
+                let _ = self.call(i, Phase::Log).await;
+            }
+        }
+        self.return_instances();
+    }
+
+    fn return_instances(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(mut c) = slot.checkout.take() {
+                let retire = match c.inst.as_mut() {
+                    Some(inst) => {
+                        inst.uses += 1;
+                        slot.plugin.should_retire(inst)
+                    }
+                    None => true,
+                };
+                c.give_back(retire);
+            }
+        }
+    }
+}
+
+impl Drop for RequestSession {
+    fn drop(&mut self) {
+        let wants_log = self
+            .slots
+            .iter()
+            .any(|s| s.plugin.phases.log && s.checkout.is_some());
+        if wants_log {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let session = RequestSession {
+                    slots: std::mem::take(&mut self.slots),
+                    state: std::mem::take(&mut self.state),
+                };
+                handle.spawn(session.finish());
+                return;
+            }
+        }
+        self.return_instances();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    RequestHeaders,
+    ResponseHeaders,
+    Log,
+}

@@ -1,0 +1,178 @@
+//! Per-plugin settings and the `<name>.toml` manifest that sets them for folder plugins.
+use serde::{Deserialize, Serialize};
+
+/// What the request gets when a plugin fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailPolicy {
+    /// `500 plugin_error`.
+    #[default]
+    FailClosed,
+    /// Continue as if the plugin were not there.
+    FailOpen,
+}
+
+/// Everything the host needs to run one plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginSettings {
+    /// On failure.
+    pub fail_policy: FailPolicy,
+    /// CPU time per phase call, in ms (epoch deadline).
+    pub cpu_budget_ms: u64,
+    /// Linear memory cap per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Live instances per (plugin, tenant).
+    pub max_instances: usize,
+    /// Requests an instance serves before it is retired.
+    pub max_uses: u64,
+    /// Traps within 60 s that disable the plugin (0 = never).
+    pub disable_after_traps: u32,
+    /// Capabilities the operator allows.
+    pub grants: Vec<String>,
+    /// The configuration passed to `init`, as JSON.
+    #[serde(skip)]
+    pub config_json: String,
+    /// Position in the chain (lower runs first; ties by name).
+    pub order: i64,
+    /// Routes it applies to (empty = every route).
+    pub routes: Vec<String>,
+    /// Tenants it applies to (empty = every request).
+    pub tenants: Vec<String>,
+    /// Start enabled.
+    pub enabled: bool,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        PluginSettings {
+            fail_policy: FailPolicy::FailClosed,
+            cpu_budget_ms: 50,
+            memory_bytes: 64 << 20,
+            max_instances: 64,
+            max_uses: 10_000,
+            disable_after_traps: 5,
+            grants: Vec::new(),
+            config_json: "{}".into(),
+            order: 0,
+            routes: Vec::new(),
+            tenants: Vec::new(),
+            enabled: true,
+        }
+    }
+}
+
+impl PluginSettings {
+    /// Instances whose memory grew past this are retired after their request (75% of the cap).
+    pub fn memory_high_water(&self) -> usize {
+        self.memory_bytes / 4 * 3
+    }
+
+    /// Whether the plugin runs for this route and tenant.
+    pub fn applies(&self, route: &str, tenant: Option<&str>) -> bool {
+        (self.routes.is_empty() || self.routes.iter().any(|r| r == route))
+            && (self.tenants.is_empty()
+                || tenant.is_some_and(|t| self.tenants.iter().any(|x| x == t)))
+    }
+}
+
+/// `[budget]` of a manifest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Budget {
+    cpu_ms: Option<u64>,
+    memory_mb: Option<usize>,
+    max_instances: Option<usize>,
+    max_uses: Option<u64>,
+    disable_after_traps: Option<u32>,
+}
+
+/// The manifest beside a plugin file: `<name>.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    order: Option<i64>,
+    #[serde(default)]
+    routes: Vec<String>,
+    #[serde(default)]
+    tenants: Vec<String>,
+    #[serde(default)]
+    grant: Vec<String>,
+    fail_policy: Option<FailPolicy>,
+    enabled: Option<bool>,
+    #[serde(default)]
+    budget: Budget,
+    config: Option<toml::Table>,
+}
+
+/// Parses a manifest (text) into settings. Errors name the key.
+pub fn parse_manifest(text: &str) -> Result<PluginSettings, String> {
+    let m: Manifest = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+    for g in &m.grant {
+        if !["kv", "workers", "metrics"].contains(&g.as_str()) {
+            return Err(format!(
+                "grant: unknown capability `{g}` (kv, workers, metrics)"
+            ));
+        }
+    }
+    let d = PluginSettings::default();
+    let s = PluginSettings {
+        fail_policy: m.fail_policy.unwrap_or(d.fail_policy),
+        cpu_budget_ms: m.budget.cpu_ms.unwrap_or(d.cpu_budget_ms),
+        memory_bytes: m
+            .budget
+            .memory_mb
+            .map(|mb| mb << 20)
+            .unwrap_or(d.memory_bytes),
+        max_instances: m.budget.max_instances.unwrap_or(d.max_instances),
+        max_uses: m.budget.max_uses.unwrap_or(d.max_uses),
+        disable_after_traps: m
+            .budget
+            .disable_after_traps
+            .unwrap_or(d.disable_after_traps),
+        grants: m.grant,
+        config_json: match m.config {
+            Some(t) => serde_json::to_string(&t).map_err(|e| format!("config: {e}"))?,
+            None => "{}".into(),
+        },
+        order: m.order.unwrap_or(d.order),
+        routes: m.routes,
+        tenants: m.tenants,
+        enabled: m.enabled.unwrap_or(true),
+    };
+    if s.cpu_budget_ms == 0 || s.memory_bytes == 0 || s.max_instances == 0 {
+        return Err("budget: cpu_ms, memory_mb and max_instances must be greater than 0".into());
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_sets_everything_and_refuses_unknown_keys() {
+        let s = parse_manifest(
+            r#"
+            order = 5
+            routes = ["llm"]
+            grant = ["kv"]
+            fail_policy = "fail-open"
+            [budget]
+            cpu_ms = 10
+            memory_mb = 8
+            [config]
+            name = "x-a"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.order, 5);
+        assert_eq!(s.fail_policy, FailPolicy::FailOpen);
+        assert_eq!(s.memory_bytes, 8 << 20);
+        assert_eq!(s.config_json, r#"{"name":"x-a"}"#);
+        assert!(s.applies("llm", None) && !s.applies("jobs", None));
+        assert!(parse_manifest("ordr = 1").unwrap_err().contains("ordr"));
+        assert!(parse_manifest("grant = [\"fs\"]")
+            .unwrap_err()
+            .contains("fs"));
+    }
+}
