@@ -80,6 +80,33 @@ fn init_logging(cfg: &wasmgate_config::LogConfig) {
     }
 }
 
+/// Starts the plugin runtime and loads (and watches) the plugin folder, unless plugins are off.
+async fn start_plugins(
+    cfg: &wasmgate_config::PluginsConfig,
+    key_prefix: &str,
+) -> anyhow::Result<Option<std::sync::Arc<wasmgate_plugin_host::PluginRuntime>>> {
+    use std::path::{Path, PathBuf};
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let dir = Path::new(&cfg.dir);
+    let cache = cfg
+        .cache_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join(".cache"));
+    let (services, _) = wasmgate_plugin_host::HostServices::in_memory(key_prefix);
+    let options = wasmgate_plugin_host::EngineOptions {
+        cache_dir: Some(cache),
+        ..Default::default()
+    };
+    let runtime = std::sync::Arc::new(wasmgate_plugin_host::PluginRuntime::new(options, services)?);
+    wasmgate_plugin_host::folder::load_and_watch(&runtime, dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("plugin folder {}: {e}", dir.display()))?;
+    Ok(Some(runtime))
+}
+
 fn run(loader: ConfigLoader, config: wasmgate_config::Config) -> anyhow::Result<()> {
     init_logging(&config.log);
     for name in loader.unknown_env_names() {
@@ -95,7 +122,8 @@ fn run(loader: ConfigLoader, config: wasmgate_config::Config) -> anyhow::Result<
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let gateway = wasmgate_proxy::Gateway::new(config)?;
+        let plugins = start_plugins(&config.plugins, &config.redis.key_prefix).await?;
+        let gateway = wasmgate_proxy::Gateway::with_plugins(config, plugins)?;
         let server = wasmgate_proxy::Server::bind(&gateway).await?;
         tracing::info!(
             address = %server.local_addr(),

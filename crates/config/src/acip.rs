@@ -52,6 +52,7 @@ pub const ACIP_ENV_NAMES: &[(&str, &str)] = &[
     ("CORS_ORIGIN", "cors.origins"),
     ("CORS_METHODS", "cors.methods"),
     ("PLUGINS_DIR", "plugins.dir"),
+    ("PLUGINS_ENABLED", "plugins.enabled"),
     ("GATEWAY_ADMIN_TOKEN", "admin.token"),
     ("REQUEST_SIGNING_SECRET", "request_signing.secret"),
 ];
@@ -303,6 +304,7 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
     }
 
     r.string("PLUGINS_DIR", &mut c.plugins.dir);
+    r.bool("PLUGINS_ENABLED", &mut c.plugins.enabled)?;
     c.admin.token = r.secret("GATEWAY_ADMIN_TOKEN");
     c.request_signing.secret = r.secret("REQUEST_SIGNING_SECRET");
 

@@ -297,14 +297,20 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginsConfig {
+    /// Run plugins at all (off = no wasm engine is started).
+    pub enabled: bool,
     /// The watched plugin folder (`PLUGINS_DIR`).
     pub dir: String,
+    /// Where compiled plugins are cached; unset = `<dir>/.cache`.
+    pub cache_dir: Option<String>,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
+            enabled: true,
             dir: "./plugins".into(),
+            cache_dir: None,
         }
     }
 }

@@ -18,6 +18,7 @@
 #[allow(missing_docs)]
 pub mod bindings;
 pub mod engine;
+pub mod folder;
 
 /// The guest components built from `guest-plugins/`: embedded built-ins, and the paths of the
 /// examples and test plugins.

@@ -481,6 +481,11 @@ impl LoadedPlugin {
         }
     }
 
+    /// Drops the idle instances so later requests get fresh ones.
+    pub fn recycle(&self) {
+        self.clear_pools();
+    }
+
     fn clear_pools(&self) {
         for pool in self.pools.lock().unwrap().values() {
             pool.clear();

@@ -46,6 +46,7 @@ pub struct PluginRuntime {
     services: Arc<HostServices>,
     chain: ArcSwap<PluginChain>,
     builtins: Vec<Arc<LoadedPlugin>>,
+    folder: std::sync::Mutex<Option<PathBuf>>,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -62,6 +63,7 @@ impl PluginRuntime {
             services,
             chain: ArcSwap::from_pointee(PluginChain::default()),
             builtins: Vec::new(),
+            folder: std::sync::Mutex::new(None),
         })
     }
 
@@ -207,8 +209,14 @@ impl PluginRuntime {
             .map_err(|e| e.to_string())
     }
 
+    /// The plugin folder, once [`PluginRuntime::reload_folder`] has read one.
+    pub fn folder(&self) -> Option<PathBuf> {
+        self.folder.lock().unwrap().clone()
+    }
+
     /// Rescans `dir` and installs the result.
     pub async fn reload_folder(&self, dir: &Path) {
+        *self.folder.lock().unwrap() = Some(dir.to_path_buf());
         let (plugins, refused) = self.scan_folder(dir).await;
         let names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
         tracing::info!(dir = %dir.display(), plugins = ?names, refused = refused.len(), "plugin chain installed");

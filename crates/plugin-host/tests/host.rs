@@ -132,11 +132,13 @@ async fn an_infinite_loop_is_stopped_by_the_cpu_budget_and_the_next_request_is_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_hits_the_cap_and_costs_only_its_instance() {
     let (rt, _) = runtime();
+    // A CPU budget it cannot reach first (the epoch deadline is wall time): only memory stops it.
     let p = install(
         &rt,
         guests::TP_MEMORY_BOMB,
         PluginSettings {
             memory_bytes: 16 << 20,
+            cpu_budget_ms: 10_000,
             ..Default::default()
         },
     )

@@ -65,6 +65,15 @@ pub enum ProxyError {
     /// A plugin failed and its policy is fail-closed.
     #[error("plugin `{0}` failed")]
     Plugin(String),
+    /// An admin endpoint is off (no admin token configured).
+    #[error("{0}")]
+    Forbidden(String),
+    /// An admin resource does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The method is not supported on this endpoint.
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
 }
 
 /// Result alias of the data plane.
@@ -86,6 +95,9 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::Plugin(_) => "plugin_error",
+            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::NotFound(_) => "not_found",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -106,6 +118,9 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Plugin(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 

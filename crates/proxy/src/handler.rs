@@ -1,11 +1,15 @@
 //! The request pipeline, in order:
 //! 1. request id (kept or made), local `/gateway/*` endpoints;
 //! 2. limits: global in-flight cap, header size, declared body size;
-//! 3. route match (longest prefix), upstream in-flight cap, target choice (round-robin);
-//! 4. upstream request: hop-by-hop removal, `remove_headers`, `X-Forwarded-*`, `Host`,
+//! 3. route match (longest prefix), upstream in-flight cap;
+//! 4. hop-by-hop removal and `remove_headers`, then the route's plugins (`on-request-headers`:
+//!    they may change headers, set properties, answer locally or hint a target);
+//! 5. target choice (a plugin's hint, else round-robin), then `X-Forwarded-*`, `Host`,
 //!    `inject_headers`, `X-Request-ID`, `traceparent`; the body streams through a size limit;
-//! 5. response: hop-by-hop removal, `X-Request-ID`; the body streams back under the request
-//!    deadline (not for `text/event-stream`), holding the in-flight permits until it ends.
+//! 6. response: hop-by-hop removal, plugins (`on-response-headers`, reverse order),
+//!    `X-Request-ID`; the body streams back under the request deadline (not for
+//!    `text/event-stream`), holding the in-flight permits and the plugin session until it
+//!    ends, when `on-log` runs.
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,8 +24,11 @@ use tokio::time::Instant;
 use crate::body::{empty, full, BoxError, LimitedBody, ProxyBody, ResponseBody};
 use crate::error::{error_response, ProxyError, Result};
 use crate::headers::{self, remove_hop_by_hop, X_REQUEST_ID};
+use crate::limit::InFlightPermit;
+use crate::plugins;
 use crate::trace_context::TraceParent;
 use crate::{Gateway, VERSION};
+use wasmgate_plugin_host::{Decision, RequestSession};
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -60,8 +67,8 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    if req.uri().path() == HEALTH_PATH {
-        return Ok(health(gw, request_id));
+    if let Some(resp) = crate::admin::local(gw, &req, request_id).await {
+        return Ok(resp);
     }
     let global_permit = match &gw.inner.in_flight {
         Some(limit) => Some(
@@ -95,11 +102,6 @@ where
         ),
         None => None,
     };
-    let target = upstream.next_target();
-    let uri = target
-        .uri(&route.upstream_path(path), req.uri().query())
-        .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
-
     let (mut parts, body) = req.into_parts();
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -107,11 +109,45 @@ where
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let h = &mut parts.headers;
-    remove_hop_by_hop(h);
+    remove_hop_by_hop(&mut parts.headers);
     for name in &upstream.remove {
-        h.remove(name);
+        parts.headers.remove(name);
     }
+
+    // Plugins see the cleaned request; what they answer or hint decides what happens next.
+    let mut session = None;
+    let mut hint = None;
+    if let Some(runtime) = gw.plugins() {
+        let client = snap.client_ip(conn.peer.ip(), &parts.headers);
+        let rid = headers::request_id_str(request_id);
+        if let Some(mut s) = runtime.session(&route.name, || {
+            plugins::request_state(&mut parts, &route.name, client, rid)
+        }) {
+            let decision = s.request_headers().await;
+            parts.headers = std::mem::take(&mut s.state.headers);
+            match decision {
+                Err(f) => {
+                    tracing::warn!(plugin = %f.plugin, failure = %f.failure, request_id = rid, "plugin failed (fail-closed)");
+                    return Err(ProxyError::Plugin(f.plugin));
+                }
+                Ok(Decision::Respond(local)) => {
+                    return local_answer(s, local, request_id, (global_permit, upstream_permit))
+                        .await;
+                }
+                Ok(Decision::Continue { upstream_hint }) => hint = upstream_hint,
+            }
+            session = Some(s);
+        }
+    }
+
+    let target = hint
+        .as_deref()
+        .and_then(|h| upstream.target_named(h))
+        .unwrap_or_else(|| upstream.next_target());
+    let uri = target
+        .uri(&route.upstream_path(parts.uri.path()), parts.uri.query())
+        .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
+    let h = &mut parts.headers;
     snap.forwarded
         .apply(h, conn.peer.ip(), conn.tls, original_host.clone());
     match (upstream.preserve_host, original_host) {
@@ -175,6 +211,11 @@ where
 
     let (mut rparts, rbody) = resp.into_parts();
     remove_hop_by_hop(&mut rparts.headers);
+    if let Some(s) = session.as_mut() {
+        s.response_headers(rparts.status.as_u16(), &mut rparts.headers)
+            .await
+            .map_err(|f| ProxyError::Plugin(f.plugin))?;
+    }
     rparts.headers.insert(X_REQUEST_ID, request_id.clone());
     let streaming = rparts
         .headers
@@ -182,12 +223,30 @@ where
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
     let body_deadline = (!streaming).then_some(deadline);
-    let guard = (global_permit, upstream_permit);
+    let guard = (global_permit, upstream_permit, session);
     let body = ResponseBody::new(rbody, body_deadline, guard).boxed_unsync();
     Ok(Response::from_parts(rparts, body))
 }
 
-fn health(gw: &Gateway, request_id: &HeaderValue) -> Response<ProxyBody> {
+/// A plugin answered: run the response phase on its answer, then send it.
+async fn local_answer(
+    mut session: RequestSession,
+    local: wasmgate_plugin_host::bindings::LocalResponse,
+    request_id: &HeaderValue,
+    permits: (Option<InFlightPermit>, Option<InFlightPermit>),
+) -> Result<Response<ProxyBody>> {
+    let (mut parts, body) = plugins::local_response(local).into_parts();
+    session
+        .response_headers(parts.status.as_u16(), &mut parts.headers)
+        .await
+        .map_err(|f| ProxyError::Plugin(f.plugin))?;
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    let guard = (permits.0, permits.1, Some(session));
+    let body = ResponseBody::new(body, None, guard).boxed_unsync();
+    Ok(Response::from_parts(parts, body))
+}
+
+pub(crate) fn health(gw: &Gateway, request_id: &HeaderValue) -> Response<ProxyBody> {
     let body = serde_json::json!({
         "status": "healthy",
         "version": VERSION,

@@ -8,12 +8,14 @@
 //! streaming both ways. Every error a client sees is made by [`error::error_response`].
 #![deny(missing_docs)]
 
+mod admin;
 pub mod body;
 pub mod error;
 mod forwarded;
 pub mod handler;
 pub mod headers;
 pub mod limit;
+mod plugins;
 mod routes;
 mod server;
 mod snapshot;

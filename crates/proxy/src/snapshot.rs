@@ -112,6 +112,7 @@ impl Snapshot {
 
 pub(crate) struct GatewayInner {
     pub snapshot: ArcSwap<Snapshot>,
+    pub plugins: Option<Arc<wasmgate_plugin_host::PluginRuntime>>,
     pub in_flight: Option<Arc<InFlightLimit>>,
     pub started: Instant,
 }
@@ -129,13 +130,22 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Builds a gateway from a validated configuration.
+    /// Builds a gateway from a validated configuration, without plugins.
     pub fn new(config: Config) -> Result<Gateway, BuildError> {
+        Gateway::with_plugins(config, None)
+    }
+
+    /// Builds a gateway whose routes run the chain of `plugins`.
+    pub fn with_plugins(
+        config: Config,
+        plugins: Option<Arc<wasmgate_plugin_host::PluginRuntime>>,
+    ) -> Result<Gateway, BuildError> {
         let max = config.server.max_in_flight;
         let snapshot = Snapshot::build(config, None)?;
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
                 snapshot: ArcSwap::from_pointee(snapshot),
+                plugins,
                 in_flight: (max > 0).then(|| InFlightLimit::new(max)),
                 started: Instant::now(),
             }),
@@ -178,6 +188,11 @@ impl Gateway {
         let next = Snapshot::build(config, Some(&current))?;
         self.inner.snapshot.store(Arc::new(next));
         Ok(restart)
+    }
+
+    /// The plugin runtime, when plugins are enabled.
+    pub fn plugins(&self) -> Option<&Arc<wasmgate_plugin_host::PluginRuntime>> {
+        self.inner.plugins.as_ref()
     }
 
     /// Seconds since the gateway was built.

@@ -196,6 +196,11 @@ impl Upstream {
         self.http2
     }
 
+    /// The target whose `host:port` is `hint` (a router plugin's choice), if it is one of ours.
+    pub fn target_named(&self, hint: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.authority.as_str() == hint)
+    }
+
     /// The next target, round-robin.
     pub fn next_target(&self) -> &Target {
         let i = self.next.fetch_add(1, Ordering::Relaxed);

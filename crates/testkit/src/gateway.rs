@@ -10,6 +10,7 @@ use crate::TestUpstream;
 /// Builds a [`TestGateway`].
 pub struct GatewayBuilder {
     config: Config,
+    plugins_dir: Option<std::path::PathBuf>,
 }
 
 /// Starts building a gateway with no routes, listening on `127.0.0.1:0`.
@@ -18,7 +19,10 @@ pub fn gateway() -> GatewayBuilder {
     config.server.host = "127.0.0.1".into();
     config.server.port = 0;
     config.server.shutdown_grace_ms = 2_000;
-    GatewayBuilder { config }
+    GatewayBuilder {
+        config,
+        plugins_dir: None,
+    }
 }
 
 impl GatewayBuilder {
@@ -51,6 +55,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Runs plugins from `dir` (loaded now and watched), with in-memory state.
+    pub fn plugins_dir(mut self, dir: &std::path::Path) -> Self {
+        self.plugins_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// The configuration as it stands.
     pub fn build_config(&self) -> Config {
         self.config.clone()
@@ -60,7 +70,27 @@ impl GatewayBuilder {
     pub async fn spawn(self) -> TestGateway {
         wasmgate_config::validate(&self.config, &wasmgate_config::ConfigSource::Environment)
             .expect("test gateway config is valid");
-        let gateway = Gateway::new(self.config).expect("gateway builds");
+        let plugins = match &self.plugins_dir {
+            Some(dir) => {
+                let (services, _) = wasmgate_plugin_host::HostServices::in_memory("gateway:");
+                // Compiled code cached beside the plugins, as the binary does: reloads of an
+                // unchanged file only deserialize.
+                let options = wasmgate_plugin_host::EngineOptions {
+                    cache_dir: Some(dir.join(".cache")),
+                    ..Default::default()
+                };
+                let rt = std::sync::Arc::new(
+                    wasmgate_plugin_host::PluginRuntime::new(options, services)
+                        .expect("plugin runtime"),
+                );
+                wasmgate_plugin_host::folder::load_and_watch(&rt, dir)
+                    .await
+                    .expect("plugin folder");
+                Some(rt)
+            }
+            None => None,
+        };
+        let gateway = Gateway::with_plugins(self.config, plugins).expect("gateway builds");
         let server = Server::bind(&gateway).await.expect("gateway binds");
         let addr = server.local_addr();
         let (tx, rx) = oneshot::channel::<()>();

@@ -1,0 +1,56 @@
+//! Watching the plugin folder: a change to any file in it rescans the folder (debounced) and
+//! installs the new chain atomically. Replace files by writing elsewhere and renaming (as
+//! `cp` to a temporary name then `mv`); a half-written file is refused and the previous
+//! version keeps running until the complete file arrives.
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+
+use crate::runtime::PluginRuntime;
+
+/// Events closer together than this trigger one rescan...
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+/// ...but a steady stream of changes still rescans this long after its first event.
+pub const MAX_DELAY: Duration = Duration::from_millis(300);
+
+/// Loads `dir` now, then watches it until the runtime is dropped.
+pub async fn load_and_watch(runtime: &Arc<PluginRuntime>, dir: &Path) -> notify::Result<()> {
+    runtime.reload_folder(dir).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let relevant = ev
+                .paths
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "wasm" || e == "toml") || p.is_dir());
+            if relevant && !ev.kind.is_access() {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(notify::Error::io)?;
+    }
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    let weak: Weak<PluginRuntime> = Arc::downgrade(runtime);
+    let dir: PathBuf = dir.to_path_buf();
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            let first = tokio::time::Instant::now();
+            loop {
+                let quiet = DEBOUNCE.min(MAX_DELAY.saturating_sub(first.elapsed()));
+                match tokio::time::timeout(quiet, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let Some(rt) = weak.upgrade() else { return };
+            rt.reload_folder(&dir).await;
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Endpoints the gateway answers itself, before routing: `/gateway/health`,
+//! `GET /gateway/plugins` and `POST /gateway/plugins/{name}/enable|disable|reload`.
+//! State-changing endpoints need `Authorization: Bearer <admin.token>`; with no admin token
+//! configured they answer 403 and say how to set one.
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use wasmgate_plugin_host::{LoadedPlugin, PluginRuntime};
+
+use crate::body::{full, ProxyBody};
+use crate::error::{error_response, ProxyError};
+use crate::handler::{health, HEALTH_PATH};
+use crate::headers::{request_id_str, X_REQUEST_ID};
+use crate::Gateway;
+
+const PLUGINS_PATH: &str = "/gateway/plugins";
+
+/// Answers a local endpoint, or `None` to route the request.
+pub(crate) async fn local<B>(
+    gw: &Gateway,
+    req: &Request<B>,
+    request_id: &HeaderValue,
+) -> Option<Response<ProxyBody>> {
+    let path = req.uri().path();
+    if path == HEALTH_PATH {
+        return Some(health(gw, request_id));
+    }
+    let rest = path.strip_prefix(PLUGINS_PATH)?;
+    let rid = request_id_str(request_id);
+    let result = plugins_endpoint(gw, req, rest).await;
+    Some(match result {
+        Ok(v) => json_response(StatusCode::OK, &v, request_id),
+        Err(e) => error_response(&e, rid),
+    })
+}
+
+async fn plugins_endpoint<B>(
+    gw: &Gateway,
+    req: &Request<B>,
+    rest: &str,
+) -> Result<Value, ProxyError> {
+    let runtime = gw.plugins();
+    match (req.method(), rest) {
+        (&Method::GET, "" | "/") => Ok(match runtime {
+            Some(rt) => list(rt),
+            None => json!({"plugins": [], "refused": [], "enabled": false}),
+        }),
+        (&Method::POST, action) => {
+            authorize(gw, req)?;
+            let rt =
+                runtime.ok_or_else(|| ProxyError::NotFound("plugins are not enabled".into()))?;
+            let (name, verb) = action
+                .trim_start_matches('/')
+                .split_once('/')
+                .ok_or_else(|| {
+                    ProxyError::NotFound(format!("no endpoint {PLUGINS_PATH}{action}"))
+                })?;
+            let plugin = rt
+                .find(name)
+                .ok_or_else(|| ProxyError::NotFound(format!("no plugin named `{name}`")))?;
+            match verb {
+                "enable" => plugin.set_enabled(true),
+                "disable" => plugin.set_enabled(false),
+                "reload" => match rt.folder() {
+                    Some(dir) => rt.reload_folder(&dir).await,
+                    None => plugin.recycle(),
+                },
+                other => {
+                    return Err(ProxyError::NotFound(format!(
+                        "no action `{other}` (enable, disable, reload)"
+                    )))
+                }
+            }
+            let plugin = rt.find(name).unwrap_or(plugin);
+            Ok(describe(&plugin))
+        }
+        _ => Err(ProxyError::MethodNotAllowed),
+    }
+}
+
+/// Checks the admin bearer token in constant time.
+pub(crate) fn authorize<B>(gw: &Gateway, req: &Request<B>) -> Result<(), ProxyError> {
+    let snap = gw.snapshot();
+    let Some(token) = snap.config.admin.token.as_ref().filter(|t| !t.is_empty()) else {
+        return Err(ProxyError::Forbidden(
+            "admin endpoints are off: set GATEWAY_ADMIN_TOKEN (or admin.token) and send it as `Authorization: Bearer <token>`".into(),
+        ));
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = token.expose().as_bytes();
+    let ok = given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected));
+    if ok {
+        Ok(())
+    } else {
+        Err(ProxyError::Unauthorized(
+            "a valid admin token is required".into(),
+        ))
+    }
+}
+
+fn list(rt: &PluginRuntime) -> Value {
+    let chain = rt.chain();
+    json!({
+        "enabled": true,
+        "folder": rt.folder().map(|d| d.display().to_string()),
+        "plugins": chain.plugins.iter().map(|p| describe(p)).collect::<Vec<_>>(),
+        "refused": chain.refused,
+    })
+}
+
+fn describe(p: &LoadedPlugin) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    json!({
+        "name": p.name,
+        "version": p.version,
+        "source": p.source,
+        "sha256": p.sha256,
+        "phases": p.phases.names(),
+        "capabilities": {"granted": p.granted, "refused": p.refused},
+        "state": p.state(),
+        "error": p.failure(),
+        "order": p.settings.order,
+        "routes": p.settings.routes,
+        "tenants": p.settings.tenants,
+        "fail_policy": p.settings.fail_policy,
+        "budget": {
+            "cpu_ms": p.settings.cpu_budget_ms,
+            "memory_bytes": p.settings.memory_bytes,
+            "max_instances": p.settings.max_instances,
+        },
+        "calls": p.stats.calls.load(Relaxed),
+        "traps": p.stats.traps.load(Relaxed),
+        "cpu_kills": p.stats.cpu_kills.load(Relaxed),
+        "memory_kills": p.stats.memory_kills.load(Relaxed),
+        "instances": p.live_instances(),
+        "p50_us": p.stats.percentile_us(0.5),
+        "compiled_from_cache": p.from_cache,
+    })
+}
+
+fn json_response(status: StatusCode, v: &Value, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(Bytes::from(v.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    resp
+}
