@@ -25,3 +25,21 @@ fmt:
 
 clippy:
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Start a Rust plugin from the example: just plugin-new my-plugin
+plugin-new NAME:
+    cp -r guest-plugins/examples/add-header guest-plugins/examples/{{NAME}}
+    sed -i 's/^name = "add-header"/name = "{{NAME}}"/' guest-plugins/examples/{{NAME}}/Cargo.toml
+    @echo "Now add \"examples/{{NAME}}\" to [workspace] members in guest-plugins/Cargo.toml and edit guest-plugins/examples/{{NAME}}/src/lib.rs"
+
+# Build every guest plugin (wasm32-wasip2) into guest-plugins/target/wasm32-wasip2/release/.
+plugin-build:
+    cd guest-plugins && cargo build --release
+
+# Build the Python example plugin (needs `pip install componentize-py`).
+plugin-python:
+    cd guest-plugins/examples/python-header && componentize-py -d ../../../wit -w gateway-plugin componentize app -o python-header.wasm
+
+# Inspect a plugin file: exports, imports, phases, and whether it fits the world.
+plugin-inspect FILE:
+    cargo run --quiet --bin wasmgate -- plugin inspect {{FILE}}

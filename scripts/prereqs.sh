@@ -26,3 +26,27 @@ ensure_redis_server() {
     exit 1
   fi
 }
+
+# The Python example plugin is built by a test with componentize-py (from PyPI).
+COMPONENTIZE_PY_VERSION=0.25.1
+ensure_componentize_py() {
+  if command -v componentize-py >/dev/null 2>&1; then
+    return
+  fi
+  local py
+  py=$(command -v python3 || command -v python || true)
+  if [ -z "$py" ]; then
+    echo "error: the tests need componentize-py (Python). Install Python 3 and run: pip install componentize-py==$COMPONENTIZE_PY_VERSION" >&2
+    exit 1
+  fi
+  echo "==> pip install componentize-py==$COMPONENTIZE_PY_VERSION"
+  "$py" -m pip install --quiet "componentize-py==$COMPONENTIZE_PY_VERSION" || {
+    echo "error: pip could not install componentize-py; run: pip install componentize-py==$COMPONENTIZE_PY_VERSION" >&2
+    exit 1
+  }
+  hash -r
+  command -v componentize-py >/dev/null 2>&1 || {
+    echo "error: componentize-py installed but not on PATH (add pip's script directory to PATH)" >&2
+    exit 1
+  }
+}

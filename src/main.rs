@@ -29,10 +29,37 @@ enum Command {
     Run,
     /// Validate the configuration and exit: 0 when valid, 1 with the reason when not.
     Check,
+    /// Work with plugin files.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Print a component's imports, exports, phases and capabilities, and whether it fits the
+    /// gateway-plugin world (exit 1 when it does not).
+    Inspect {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// JSON configuration passed to `init`.
+        #[arg(long, default_value = "{}")]
+        plugin_config: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Plugin(PluginCommand::Inspect {
+        file,
+        plugin_config,
+        json,
+    })) = &cli.command
+    {
+        return inspect(file, plugin_config, *json);
+    }
     let loader = ConfigLoader::new(cli.config.clone());
     let config = match loader.load() {
         Ok(c) => c,
@@ -51,6 +78,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Plugin(_) => unreachable!("handled before the configuration is loaded"),
         Command::Run => match run(loader, config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -58,6 +86,71 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn inspect(file: &std::path::Path, config: &str, json: bool) -> ExitCode {
+    let wasm = match std::fs::read(file) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("wasmgate: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let report = rt.block_on(async {
+        let (services, _) = wasmgate_plugin_host::HostServices::in_memory("gateway:");
+        let runtime = wasmgate_plugin_host::PluginRuntime::new(Default::default(), services)?;
+        anyhow::Ok(wasmgate_plugin_host::inspect::inspect(&runtime, &wasm, config).await)
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wasmgate: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "{}: {} bytes, sha256 {}",
+            file.display(),
+            report.size,
+            report.sha256
+        );
+        println!("imports:");
+        for (name, kind) in &report.imports {
+            println!("  {name} ({kind})");
+        }
+        println!("exports:");
+        for (name, kind) in &report.exports {
+            println!("  {name} ({kind})");
+        }
+        if let Some(p) = &report.plugin {
+            println!(
+                "plugin: {} {}",
+                p["name"].as_str().unwrap_or(""),
+                p["version"].as_str().unwrap_or("")
+            );
+            println!("phases: {}", p["phases"]);
+            println!("capabilities: {}", p["capabilities"]);
+        }
+        match &report.error {
+            None => println!("fits the gateway-plugin world: yes"),
+            Some(e) => println!("fits the gateway-plugin world: no: {e}"),
+        }
+    }
+    if report.error.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -283,3 +283,44 @@ async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
     assert!(status.success(), "{status:?}\n{}", gw.log());
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn plugin_inspect_says_whether_a_file_fits_the_world() {
+    let dir = tempdir("inspect");
+    let out = wasmgate_command(&dir)
+        .args([
+            "plugin",
+            "inspect",
+            wasmgate_plugin_host::guests::ADD_HEADER,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("on-request-headers (func)"), "{text}");
+    assert!(text.contains("wasmgate:plugin/request@0.1.0"), "{text}");
+    assert!(text.contains("plugin: add-header 0.1.0"), "{text}");
+    assert!(
+        text.contains("fits the gateway-plugin world: yes"),
+        "{text}"
+    );
+
+    let junk = dir.join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0").unwrap(); // a core module, not a component
+    let out = wasmgate_command(&dir)
+        .args(["plugin", "inspect", "--json"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("does not compile"),
+        "{v}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -511,3 +511,46 @@ async fn admin_endpoints_need_the_admin_token() {
     expect_error(resp, 404, "not_found").await;
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_plugin_built_with_componentize_py_runs_from_the_folder() {
+    let up = upstream().spawn().await;
+    let dir = tempdir("plugins-python");
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-plugins/examples/python-header");
+    let built = dir.join("python-header.build");
+    let status = std::process::Command::new("componentize-py")
+        .current_dir(&example)
+        .args(["-q", "-d", "../../../wit", "-w", "gateway-plugin", "componentize", "app", "-o"])
+        .arg(&built)
+        .status()
+        .expect("componentize-py is needed for this test: pip install componentize-py (scripts/test.sh installs it)");
+    assert!(status.success(), "componentize-py failed");
+    let manifest = "[budget]\nmemory_mb = 256\ncpu_ms = 1000\n[config]\nname = \"x-lang\"\nvalue = \"python\"\n";
+    drop_plugin(
+        &dir,
+        "python-header",
+        &std::fs::read(&built).unwrap(),
+        Some(manifest),
+    );
+    std::fs::remove_file(&built).unwrap();
+    let gw = gateway().upstream(&up).plugins_dir(&dir).spawn().await;
+
+    let c = client();
+    for _ in 0..3 {
+        let echo: Value = c
+            .get(gw.url("/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(echoed_header(&echo, "x-lang"), Some("python"));
+    }
+    let list = plugins_json(gw.url("/gateway/plugins")).await;
+    assert_eq!(list["plugins"][0]["name"], "python-header");
+    assert_eq!(list["plugins"][0]["state"], "active");
+    assert!(list["refused"].as_array().unwrap().is_empty(), "{list}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -87,6 +87,7 @@ fn main() {
         ("TP_KV_ESCAPE", "tp-kv-escape"),
         ("TP_READ_FILE", "tp-read-file"),
         ("TP_CHAIN_PROBE", "tp-chain-probe"),
+        ("TP_BENCH", "tp-bench"),
     ] {
         let file = out_dir.join(format!("{}.wasm", krate.replace('-', "_")));
         assert!(file.exists(), "{} was not built", file.display());

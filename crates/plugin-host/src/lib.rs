@@ -26,6 +26,7 @@ pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 pub mod host;
+pub mod inspect;
 pub mod plugin;
 pub mod pool;
 pub mod runtime;

@@ -388,6 +388,22 @@ impl LoadedPlugin {
         }
     }
 
+    /// Runs `on-request-headers` on a checked-out instance with `state` moved in and back out:
+    /// the single call the request path makes (and the benchmarks measure). After an `Err` the
+    /// instance must be dropped.
+    pub async fn call_request_headers(
+        &self,
+        inst: &mut Pooled,
+        state: &mut Box<crate::host::RequestState>,
+    ) -> std::result::Result<crate::bindings::wasmgate::plugin::types::Action, CallFailure> {
+        std::mem::swap(&mut inst.store.data_mut().req, state);
+        self.arm(inst);
+        let started = Instant::now();
+        let r = inst.bindings.call_on_request_headers(&mut inst.store).await;
+        std::mem::swap(&mut inst.store.data_mut().req, state);
+        self.finish_call(inst, started, r)
+    }
+
     /// Prepares a call: the CPU deadline.
     pub(crate) fn arm(&self, inst: &mut Pooled) {
         inst.store.set_epoch_deadline(self.budget_ticks());

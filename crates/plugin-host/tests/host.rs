@@ -404,3 +404,56 @@ async fn compiled_code_is_cached_on_disk() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_retired_after_max_uses() {
+    let (rt, _) = runtime();
+    let settings = PluginSettings {
+        config_json: r#"{"tag":"r"}"#.into(),
+        max_uses: 2,
+        ..Default::default()
+    };
+    let p = install(&rt, guests::TP_CHAIN_PROBE, settings).await;
+    let mut uses = Vec::new();
+    for _ in 0..5 {
+        settled(&p).await;
+        let (_, s) = run(&rt, &[]).await;
+        uses.push(s.headers["x-probe-r-uses"].to_str().unwrap().to_string());
+    }
+    assert_eq!(
+        uses,
+        ["1", "2", "1", "2", "1"],
+        "a new instance after every 2 requests"
+    );
+    assert!(
+        p.stats
+            .instantiations
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_plugin_reads_what_its_config_says() {
+    let (rt, _) = runtime();
+    for read in ["one", "all", "none"] {
+        let settings = PluginSettings {
+            config_json: format!(r#"{{"read":"{read}"}}"#),
+            ..Default::default()
+        };
+        let p = install(&rt, guests::TP_BENCH, settings).await;
+        let (d, s) = run(&rt, &[("x-one", "1")]).await;
+        assert!(matches!(d, Ok(Decision::Continue { .. })));
+        assert_eq!(s.headers["x-one"], "1", "headers come back after the call");
+        assert_eq!(p.stats.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+    let wasm = std::fs::read(guests::TP_BENCH).unwrap();
+    let err = rt
+        .load(PluginSource::Builtin, &wasm, PluginSettings::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PluginError::Init(_)),
+        "config is required: {err}"
+    );
+}
