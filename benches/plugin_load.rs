@@ -6,34 +6,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use wasmgate_config::{Config, RouteConfig, UpstreamConfig};
-use wasmgate_testkit::load::{fast_upstream, on_runtime, run_load, LoadResult};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use wasmgate_testkit::load::{
+    env_knob as env_or, fast_upstream, on_runtime, run_load, single_route_config, LoadResult,
+};
 
 fn gateway(name: &str, upstream: SocketAddr, plugins: Option<PathBuf>) -> SocketAddr {
     on_runtime(name, 1, move |tx| async move {
-        let mut c = Config::default();
-        c.server.host = "127.0.0.1".into();
-        c.server.port = 0;
-        c.upstreams.insert(
-            "bench".into(),
-            UpstreamConfig {
-                targets: vec![format!("http://{upstream}")],
-                ..Default::default()
-            },
-        );
-        c.routes.push(RouteConfig {
-            name: None,
-            prefix: "/".into(),
-            upstream: "bench".into(),
-            strip_prefix: false,
-        });
+        let c = single_route_config(upstream);
         let runtime = match plugins {
             Some(dir) => {
                 let (services, _) = wasmgate_plugin_host::HostServices::in_memory("gateway:");

@@ -8,36 +8,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wasmgate_config::{Config, RouteConfig, UpstreamConfig};
-use wasmgate_testkit::load::{fast_upstream, minimal_proxy, on_runtime, run_load, LoadResult};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use wasmgate_testkit::load::{
+    env_knob as env_or, fast_upstream, minimal_proxy, on_runtime, run_load, single_route_config,
+    LoadResult,
+};
 
 fn gateway(upstream: SocketAddr) -> SocketAddr {
     on_runtime("bench-wasmgate", 1, move |tx| async move {
-        let mut c = Config::default();
-        c.server.host = "127.0.0.1".into();
-        c.server.port = 0;
-        c.server.workers = 1;
-        c.upstreams.insert(
-            "bench".into(),
-            UpstreamConfig {
-                targets: vec![format!("http://{upstream}")],
-                ..Default::default()
-            },
-        );
-        c.routes.push(RouteConfig {
-            name: None,
-            prefix: "/".into(),
-            upstream: "bench".into(),
-            strip_prefix: false,
-        });
-        let gw = wasmgate_proxy::Gateway::new(c).unwrap();
+        let gw = wasmgate_proxy::Gateway::new(single_route_config(upstream)).unwrap();
         let server = wasmgate_proxy::Server::bind(&gw).await.unwrap();
         tx.send(server.local_addr()).unwrap();
         server.run(std::future::pending()).await;

@@ -554,3 +554,59 @@ async fn a_python_plugin_built_with_componentize_py_runs_from_the_folder() {
     assert!(list["refused"].as_array().unwrap().is_empty(), "{list}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_phases_see_every_chunk_and_can_answer_or_transform() {
+    let (builder, pace) = upstream().paced("/stream", "text/event-stream");
+    let up = builder.spawn().await;
+    let dir = tempdir("plugins-body");
+    drop_plugin(&dir, "tp-body", &read(guests::TP_BODY), None);
+    let gw = gateway().upstream(&up).plugins_dir(&dir).spawn().await;
+    let c = client();
+
+    // Request chunks reach the plugin; the response is transformed chunk by chunk.
+    let text = c
+        .post(gw.url("/echo"))
+        .body("hello world")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(r#""BODY":"HELLO WORLD""#), "{text}");
+    assert!(text.ends_with("|req=11|chunks=1"), "{text}");
+    assert_eq!(
+        up.requests().last().unwrap().body,
+        "hello world",
+        "the upstream got the body unchanged"
+    );
+
+    // A chunk with a blocked word: the plugin answers and the upstream's answer never arrives.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+        vec![Ok("fine part; ".into()), Ok("now BLOCK this".into())];
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let resp = c.post(gw.url("/echo")).body(body).send().await.unwrap();
+    let v = expect_error(resp, 403, "blocked").await;
+    assert!(v["message"].as_str().unwrap().contains("blocked word"));
+
+    // Streaming stays streaming through a response-body plugin.
+    let mut resp = c.get(gw.url("/stream")).send().await.unwrap();
+    for n in 1..=3 {
+        pace.send(bytes::Bytes::from(format!("data: event {n}\n\n")))
+            .unwrap();
+        let chunk = tokio::time::timeout(Duration::from_secs(3), resp.chunk())
+            .await
+            .expect("chunk streams through")
+            .unwrap()
+            .unwrap();
+        assert_eq!(chunk, bytes::Bytes::from(format!("DATA: EVENT {n}\n\n")));
+    }
+    drop(pace);
+    let mut rest = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(String::from_utf8(rest).unwrap(), "|req=0|chunks=3");
+    std::fs::remove_dir_all(dir).ok();
+}

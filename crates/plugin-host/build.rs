@@ -88,6 +88,7 @@ fn main() {
         ("TP_READ_FILE", "tp-read-file"),
         ("TP_CHAIN_PROBE", "tp-chain-probe"),
         ("TP_BENCH", "tp-bench"),
+        ("TP_BODY", "tp-body"),
     ] {
         let file = out_dir.join(format!("{}.wasm", krate.replace('-', "_")));
         assert!(file.exists(), "{} was not built", file.display());

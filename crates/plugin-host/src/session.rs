@@ -116,13 +116,69 @@ impl RequestSession {
         result
     }
 
-    /// Whether any plugin in the session implements a phase that needs the session to live
-    /// until the response ends.
+    /// Whether the session has no plugins.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
 
-    async fn call(&mut self, i: usize, phase: Phase) -> Result<Option<Action>, PluginFailure> {
+    /// Whether a plugin implements `on-request-body`.
+    pub fn wants_request_body(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.plugin.phases.request_body && !s.skipped)
+    }
+
+    /// Whether a plugin implements `on-response-body`.
+    pub fn wants_response_body(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.plugin.phases.response_body && !s.skipped)
+    }
+
+    /// Runs `on-request-body` for one chunk through the chain, in order. `Some` is a local
+    /// answer: the request must not reach the upstream.
+    pub async fn request_body(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Option<LocalResponse>, PluginFailure> {
+        for i in 0..self.slots.len() {
+            if !self.slots[i].plugin.phases.request_body {
+                continue;
+            }
+            if let Some(Action::Respond(resp)) = self
+                .call(i, Phase::RequestBody(chunk.to_vec(), end_of_stream))
+                .await?
+            {
+                return Ok(Some(resp));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs `on-response-body` for one chunk through the chain in reverse order; each plugin
+    /// gets what the previous one returned.
+    pub async fn response_body(
+        &mut self,
+        chunk: Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<Vec<u8>, PluginFailure> {
+        let mut chunk = chunk;
+        for i in (0..self.slots.len()).rev() {
+            if !self.slots[i].plugin.phases.response_body {
+                continue;
+            }
+            let input = std::mem::take(&mut chunk);
+            match self.call_body(i, input.clone(), end_of_stream).await? {
+                Some(out) => chunk = out,
+                None => chunk = input, // skipped (fail-open or not applicable): pass through
+            }
+        }
+        Ok(chunk)
+    }
+
+    /// Makes sure slot `i` holds an instance; `Ok(false)` when the plugin does not run here.
+    async fn ready(&mut self, i: usize) -> Result<bool, PluginFailure> {
         let tenant = self.state.tenant().map(str::to_string);
         let slot = &mut self.slots[i];
         if slot.skipped
@@ -131,46 +187,97 @@ impl RequestSession {
                 .settings
                 .applies(&self.state.route, tenant.as_deref())
         {
-            return Ok(None);
+            return Ok(false);
         }
-        let plugin = slot.plugin.clone();
         if slot.checkout.is_none() {
-            match plugin.checkout(tenant.as_deref()).await {
+            match slot.plugin.clone().checkout(tenant.as_deref()).await {
                 Ok(c) => slot.checkout = Some(c),
                 Err(CallFailure::Inactive) => {
                     slot.skipped = true;
-                    return Ok(None);
+                    return Ok(false);
                 }
-                Err(failure) => return Self::fail(slot, failure),
+                Err(failure) => return Self::fail(slot, failure).map(|_| false),
             }
         }
+        Ok(true)
+    }
+
+    /// One `on-response-body` call; `None` when the plugin was skipped (pass the chunk on).
+    async fn call_body(
+        &mut self,
+        i: usize,
+        chunk: Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<Option<Vec<u8>>, PluginFailure> {
+        if !self.ready(i).await? {
+            return Ok(None);
+        }
+        let slot = &mut self.slots[i];
+        let plugin = slot.plugin.clone();
         let inst = slot
             .checkout
             .as_mut()
             .and_then(|c| c.inst.as_mut())
-            .expect("checked out above");
+            .expect("ready");
         std::mem::swap(&mut inst.store.data_mut().req, &mut self.state);
         plugin.arm(inst);
         let started = Instant::now();
-        let r = match phase {
-            Phase::RequestHeaders => inst
-                .bindings
-                .call_on_request_headers(&mut inst.store)
-                .await
-                .map(Some),
-            Phase::ResponseHeaders => inst
-                .bindings
-                .call_on_response_headers(&mut inst.store)
-                .await
-                .map(Some),
-            Phase::Log => inst
-                .bindings
-                .call_on_log(&mut inst.store)
-                .await
-                .map(|()| None),
-        };
+        let r = inst
+            .bindings
+            .call_on_response_body(&mut inst.store, &chunk, end_of_stream)
+            .await;
         std::mem::swap(&mut inst.store.data_mut().req, &mut self.state);
         match plugin.finish_call(inst, started, r) {
+            Ok(out) => Ok(Some(out)),
+            Err(failure) => {
+                // The store is unusable after a trap: drop it (a new instance replaces it).
+                slot.checkout.take();
+                Self::fail(slot, failure).map(|_| None)
+            }
+        }
+    }
+
+    async fn call(&mut self, i: usize, phase: Phase) -> Result<Option<Action>, PluginFailure> {
+        if !self.ready(i).await? {
+            return Ok(None);
+        }
+        let slot = &mut self.slots[i];
+        let plugin = slot.plugin.clone();
+        let inst = slot
+            .checkout
+            .as_mut()
+            .and_then(|c| c.inst.as_mut())
+            .expect("ready");
+        let result = if let Phase::RequestHeaders = phase {
+            plugin
+                .call_request_headers(inst, &mut self.state)
+                .await
+                .map(Some)
+        } else {
+            std::mem::swap(&mut inst.store.data_mut().req, &mut self.state);
+            plugin.arm(inst);
+            let started = Instant::now();
+            let r = match &phase {
+                Phase::RequestBody(chunk, eos) => inst
+                    .bindings
+                    .call_on_request_body(&mut inst.store, chunk, *eos)
+                    .await
+                    .map(Some),
+                Phase::ResponseHeaders => inst
+                    .bindings
+                    .call_on_response_headers(&mut inst.store)
+                    .await
+                    .map(Some),
+                Phase::RequestHeaders | Phase::Log => inst
+                    .bindings
+                    .call_on_log(&mut inst.store)
+                    .await
+                    .map(|()| None),
+            };
+            std::mem::swap(&mut inst.store.data_mut().req, &mut self.state);
+            plugin.finish_call(inst, started, r)
+        };
+        match result {
             Ok(action) => Ok(action),
             Err(failure) => {
                 // The store is unusable after a trap: drop it (a new instance replaces it).
@@ -240,9 +347,10 @@ impl Drop for RequestSession {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Phase {
     RequestHeaders,
+    RequestBody(Vec<u8>, bool),
     ResponseHeaders,
     Log,
 }

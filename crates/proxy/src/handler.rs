@@ -25,6 +25,9 @@ use crate::body::{empty, full, BoxError, LimitedBody, ProxyBody, ResponseBody};
 use crate::error::{error_response, ProxyError, Result};
 use crate::headers::{self, remove_hop_by_hop, X_REQUEST_ID};
 use crate::limit::InFlightPermit;
+use crate::plugin_body::{
+    BodyVerdict, PluginRequestBody, PluginResponseBody, SharedSession, VerdictSlot,
+};
 use crate::plugins;
 use crate::trace_context::TraceParent;
 use crate::{Gateway, VERSION};
@@ -115,8 +118,9 @@ where
     }
 
     // Plugins see the cleaned request; what they answer or hint decides what happens next.
-    let mut session = None;
+    let mut session: Option<Session> = None;
     let mut hint = None;
+    let (mut wants_request_body, mut wants_response_body) = (false, false);
     if let Some(runtime) = gw.plugins() {
         let client = snap.client_ip(conn.peer.ip(), &parts.headers);
         let rid = headers::request_id_str(request_id);
@@ -131,12 +135,18 @@ where
                     return Err(ProxyError::Plugin(f.plugin));
                 }
                 Ok(Decision::Respond(local)) => {
-                    return local_answer(s, local, request_id, (global_permit, upstream_permit))
-                        .await;
+                    let permits = (global_permit, upstream_permit);
+                    return local_answer(Session::Owned(s), local, request_id, permits).await;
                 }
                 Ok(Decision::Continue { upstream_hint }) => hint = upstream_hint,
             }
-            session = Some(s);
+            wants_request_body = s.wants_request_body();
+            wants_response_body = s.wants_response_body();
+            session = Some(if wants_request_body || wants_response_body {
+                Session::Shared(Arc::new(tokio::sync::Mutex::new(s)))
+            } else {
+                Session::Owned(s)
+            });
         }
     }
 
@@ -168,12 +178,21 @@ where
     };
 
     // Bodiless requests (most GETs) skip the limiter: no flag, no allocation.
+    let mut verdict: Option<VerdictSlot> = None;
     let (body, tripped) = if body.is_end_stream() {
         (empty(), None)
     } else {
         let tripped = Arc::new(AtomicBool::new(false));
         let limited = LimitedBody::new(body, limits.max_body_bytes, tripped.clone());
-        (limited.boxed_unsync(), Some(tripped))
+        let body = match (&session, wants_request_body) {
+            (Some(Session::Shared(shared)), true) => {
+                let slot = VerdictSlot::default();
+                verdict = Some(slot.clone());
+                PluginRequestBody::new(limited, shared.clone(), slot).boxed_unsync()
+            }
+            _ => limited.boxed_unsync(),
+        };
+        (body, Some(tripped))
     };
     let deadline = Instant::now() + upstream.request_timeout;
     let sent = tokio::time::timeout_at(
@@ -181,6 +200,18 @@ where
         upstream.client.request(Request::from_parts(parts, body)),
     )
     .await;
+    if sent.as_ref().is_ok_and(|r| r.is_err()) {
+        // A body plugin may have stopped the request: its answer wins over the upstream error.
+        if let Some(v) = verdict.as_ref().and_then(|v| v.lock().unwrap().take()) {
+            return match (v, session) {
+                (BodyVerdict::Respond(local), Some(s)) => {
+                    local_answer(s, local, request_id, (global_permit, upstream_permit)).await
+                }
+                (BodyVerdict::Failed(f), _) => Err(ProxyError::Plugin(f.plugin)),
+                (BodyVerdict::Respond(_), None) => Err(ProxyError::Plugin("(unknown)".into())),
+            };
+        }
+    }
     let resp = match sent {
         Err(_elapsed) => {
             return Err(ProxyError::UpstreamTimeout {
@@ -223,14 +254,45 @@ where
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
     let body_deadline = (!streaming).then_some(deadline);
-    let guard = (global_permit, upstream_permit, session);
-    let body = ResponseBody::new(rbody, body_deadline, guard).boxed_unsync();
+    let body = match (&session, wants_response_body) {
+        (Some(Session::Shared(shared)), true) => {
+            let transformed = PluginResponseBody::new(rbody, shared.clone());
+            // The length may change: let the server frame the body.
+            rparts.headers.remove(header::CONTENT_LENGTH);
+            let guard = (global_permit, upstream_permit, session);
+            ResponseBody::new(transformed, body_deadline, guard).boxed_unsync()
+        }
+        _ => {
+            let guard = (global_permit, upstream_permit, session);
+            ResponseBody::new(rbody, body_deadline, guard).boxed_unsync()
+        }
+    };
     Ok(Response::from_parts(rparts, body))
+}
+
+/// A request's plugin session: owned by the request path, or shared with the body wrappers
+/// when a plugin implements a body phase.
+enum Session {
+    Owned(RequestSession),
+    Shared(SharedSession),
+}
+
+impl Session {
+    async fn response_headers(
+        &mut self,
+        status: u16,
+        headers: &mut http::HeaderMap,
+    ) -> std::result::Result<(), wasmgate_plugin_host::PluginFailure> {
+        match self {
+            Session::Owned(s) => s.response_headers(status, headers).await,
+            Session::Shared(s) => s.lock().await.response_headers(status, headers).await,
+        }
+    }
 }
 
 /// A plugin answered: run the response phase on its answer, then send it.
 async fn local_answer(
-    mut session: RequestSession,
+    mut session: Session,
     local: wasmgate_plugin_host::bindings::LocalResponse,
     request_id: &HeaderValue,
     permits: (Option<InFlightPermit>, Option<InFlightPermit>),

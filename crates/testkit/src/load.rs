@@ -112,6 +112,37 @@ pub fn minimal_proxy(workers: usize, upstream: SocketAddr) -> SocketAddr {
     })
 }
 
+/// A gateway configuration for benchmarks: `127.0.0.1:0`, one worker, one route `/` to
+/// `upstream`.
+pub fn single_route_config(upstream: SocketAddr) -> wasmgate_config::Config {
+    let mut c = wasmgate_config::Config::default();
+    c.server.host = "127.0.0.1".into();
+    c.server.port = 0;
+    c.server.workers = 1;
+    c.upstreams.insert(
+        "bench".into(),
+        wasmgate_config::UpstreamConfig {
+            targets: vec![format!("http://{upstream}")],
+            ..Default::default()
+        },
+    );
+    c.routes.push(wasmgate_config::RouteConfig {
+        name: None,
+        prefix: "/".into(),
+        upstream: "bench".into(),
+        strip_prefix: false,
+    });
+    c
+}
+
+/// A benchmark knob from the environment (`BENCH_SECONDS`, ...), or its default.
+pub fn env_knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// What a load run measured.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadResult {
