@@ -13,8 +13,8 @@ use wasmgate_plugin_host::{
 
 fn state(headers: usize) -> Box<RequestState> {
     let mut s = RequestState {
-        method: "GET".into(),
-        path: "/v1/chat/completions".into(),
+        method: http::Method::POST,
+        uri: "/v1/chat/completions".parse().unwrap(),
         route: "llm".into(),
         ..Default::default()
     };

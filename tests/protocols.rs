@@ -41,6 +41,7 @@ async fn http2_can_be_turned_off() {
         .config(|c| c.server.http2 = false)
         .spawn()
         .await;
+    wasmgate_testkit::install_crypto_provider();
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .timeout(Duration::from_secs(5))

@@ -16,21 +16,20 @@ use crate::bindings::wasmgate::plugin::{clock, crypto, kv, log, metrics, request
 use crate::bindings::{GatewayPlugin, Header};
 use crate::services::{HostServices, KvError as StoreKvError};
 
-/// The request (and response) an instance is serving.
+/// The request (and response) an instance is serving. Fields are cheap clones of what the
+/// proxy already has (no formatting, no copies); the `request` imports format on demand.
 #[derive(Debug, Default)]
 pub struct RequestState {
     /// Method.
-    pub method: String,
-    /// Path without the query.
-    pub path: String,
-    /// Raw query.
-    pub query: Option<String>,
+    pub method: http::Method,
+    /// Path and query as the client sent them.
+    pub uri: http::Uri,
     /// Client IP.
-    pub client_addr: String,
+    pub client_addr: Option<std::net::IpAddr>,
     /// Route name.
-    pub route: String,
+    pub route: Arc<str>,
     /// Request id.
-    pub request_id: String,
+    pub request_id: Option<HeaderValue>,
     /// Request headers (moved in and out, not copied).
     pub headers: HeaderMap,
     /// Properties shared between plugins (`identity`, `tenant`, ...).
@@ -206,25 +205,33 @@ impl types::Host for HostState {}
 
 impl request::Host for HostState {
     fn method(&mut self) -> String {
-        self.req.method.clone()
+        self.req.method.as_str().to_string()
     }
     fn path(&mut self) -> String {
-        self.req.path.clone()
+        self.req.uri.path().to_string()
     }
     fn query(&mut self) -> Option<String> {
-        self.req.query.clone()
+        self.req.uri.query().map(str::to_string)
     }
     fn client_addr(&mut self) -> String {
-        self.req.client_addr.clone()
+        self.req
+            .client_addr
+            .map(|a| a.to_string())
+            .unwrap_or_default()
     }
     fn route(&mut self) -> String {
-        self.req.route.clone()
+        self.req.route.to_string()
     }
     fn tenant(&mut self) -> Option<String> {
         self.req.tenant().map(str::to_string)
     }
     fn request_id(&mut self) -> String {
-        self.req.request_id.clone()
+        self.req
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
     }
     fn get_header(&mut self, name: String) -> Option<String> {
         get(&self.req.headers, &name)
@@ -396,7 +403,12 @@ impl workers::Host for HostState {
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) {
         let plugin = self.grants.plugin.as_str();
-        let request_id = self.req.request_id.as_str();
+        let request_id = self
+            .req
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         match level {
             log::Level::Trace => tracing::trace!(plugin, request_id, "{message}"),
             log::Level::Debug => tracing::debug!(plugin, request_id, "{message}"),

@@ -24,6 +24,9 @@ pub struct Refusal {
     pub error: String,
 }
 
+/// Plugins in chain order, shared by the requests that use them.
+pub type PluginList = Arc<[Arc<LoadedPlugin>]>;
+
 /// The plugins in effect, in chain order, and the files refused when it was built.
 #[derive(Debug, Default)]
 pub struct PluginChain {
@@ -31,12 +34,42 @@ pub struct PluginChain {
     pub plugins: Vec<Arc<LoadedPlugin>>,
     /// Files refused at the last scan (the previous version, if any, stays in `plugins`).
     pub refused: Vec<Refusal>,
+    /// The chain of each route some plugin names, computed once per chain.
+    by_route: HashMap<String, PluginList>,
+    /// The chain of every other route: the plugins without a route restriction.
+    unrestricted: PluginList,
 }
 
 impl PluginChain {
     fn sorted(mut plugins: Vec<Arc<LoadedPlugin>>, refused: Vec<Refusal>) -> Self {
         plugins.sort_by(|a, b| (a.settings.order, &a.name).cmp(&(b.settings.order, &b.name)));
-        PluginChain { plugins, refused }
+        let for_route = |route: Option<&str>| -> PluginList {
+            plugins
+                .iter()
+                .filter(|p| {
+                    p.settings.routes.is_empty()
+                        || route.is_some_and(|r| p.settings.routes.iter().any(|x| x == r))
+                })
+                .cloned()
+                .collect()
+        };
+        let by_route = plugins
+            .iter()
+            .flat_map(|p| p.settings.routes.iter())
+            .map(|r| (r.clone(), for_route(Some(r))))
+            .collect();
+        let unrestricted = for_route(None);
+        PluginChain {
+            plugins,
+            refused,
+            by_route,
+            unrestricted,
+        }
+    }
+
+    /// The plugins that run on `route`, in order.
+    pub fn for_route(&self, route: &str) -> &PluginList {
+        self.by_route.get(route).unwrap_or(&self.unrestricted)
     }
 }
 
@@ -223,30 +256,19 @@ impl PluginRuntime {
         self.install(plugins, refused);
     }
 
-    /// A session for a request on `route`, or `None` when no plugin applies (the fast path).
+    /// A session for a request on `route`, or `None` when no active plugin applies (the fast
+    /// path: no allocation).
     pub fn session(
         &self,
         route: &str,
         state: impl FnOnce() -> RequestState,
     ) -> Option<RequestSession> {
         let chain = self.chain.load();
-        if chain.plugins.is_empty() {
+        let list = chain.for_route(route);
+        if !list.iter().any(|p| p.state() == PluginState::Active) {
             return None;
         }
-        let applicable: Vec<Arc<LoadedPlugin>> = chain
-            .plugins
-            .iter()
-            .filter(|p| {
-                p.state() == PluginState::Active
-                    && (p.settings.routes.is_empty()
-                        || p.settings.routes.iter().any(|r| r == route))
-            })
-            .cloned()
-            .collect();
-        if applicable.is_empty() {
-            return None;
-        }
-        Some(RequestSession::new(applicable, Box::new(state())))
+        Some(RequestSession::new(list.clone(), Box::new(state())))
     }
 
     /// A plugin by name.

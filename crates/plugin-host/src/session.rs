@@ -1,8 +1,7 @@
 //! One request's pass through a plugin chain. The proxy creates a [`RequestSession`] after
-//! routing, runs the request phase, moves headers in and out, runs the response phase, and
+//! routing, runs the request phases, moves headers in and out, runs the response phases, and
 //! drops the session when the response body is done: `on-log` then runs off the request path
 //! and the instances go back to their pools.
-use std::sync::Arc;
 use std::time::Instant;
 
 use http::HeaderMap;
@@ -11,6 +10,7 @@ use crate::bindings::{Action, LocalResponse};
 use crate::host::RequestState;
 use crate::plugin::{CallFailure, LoadedPlugin};
 use crate::pool::Checkout;
+use crate::runtime::PluginList;
 use crate::settings::FailPolicy;
 
 /// What the chain decided about a request.
@@ -34,16 +34,29 @@ pub struct PluginFailure {
     pub failure: CallFailure,
 }
 
+/// What a request holds for one plugin of its chain.
+#[derive(Default)]
 struct Slot {
-    plugin: Arc<LoadedPlugin>,
     checkout: Option<Checkout>,
-    /// Failed open earlier in this request: skip its later phases.
+    /// Failed open (or inactive) earlier in this request: skip its later phases.
     skipped: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    RequestHeaders,
+    RequestBody(Vec<u8>, bool),
+    ResponseHeaders,
+    Log,
 }
 
 /// A request's plugins and the instances it holds.
 pub struct RequestSession {
+    plugins: PluginList,
     slots: Vec<Slot>,
+    /// The `on-log` pass was started: dropping the session (even mid-pass, e.g. when the
+    /// runtime shuts down and cancels it) only returns the instances, never spawns another.
+    logging: bool,
     /// The request as plugins see and change it.
     pub state: Box<RequestState>,
 }
@@ -51,35 +64,50 @@ pub struct RequestSession {
 impl std::fmt::Debug for RequestSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestSession")
-            .field("plugins", &self.slots.len())
+            .field("plugins", &self.plugins.len())
             .finish()
     }
 }
 
 impl RequestSession {
-    /// A session over `plugins` (already filtered for the route), in chain order.
-    pub fn new(
-        plugins: impl IntoIterator<Item = Arc<LoadedPlugin>>,
-        state: Box<RequestState>,
-    ) -> Self {
+    /// A session over `plugins` (the route's chain), in chain order.
+    pub fn new(plugins: PluginList, state: Box<RequestState>) -> Self {
+        let slots = (0..plugins.len()).map(|_| Slot::default()).collect();
         RequestSession {
-            slots: plugins
-                .into_iter()
-                .map(|plugin| Slot {
-                    plugin,
-                    checkout: None,
-                    skipped: false,
-                })
-                .collect(),
+            plugins,
+            slots,
+            logging: false,
             state,
         }
+    }
+
+    /// Whether the session has no plugins.
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    fn wants(&self, phase: impl Fn(&LoadedPlugin) -> bool) -> bool {
+        self.plugins
+            .iter()
+            .zip(&self.slots)
+            .any(|(p, s)| phase(p) && !s.skipped)
+    }
+
+    /// Whether a plugin implements `on-request-body`.
+    pub fn wants_request_body(&self) -> bool {
+        self.wants(|p| p.phases.request_body)
+    }
+
+    /// Whether a plugin implements `on-response-body`.
+    pub fn wants_response_body(&self) -> bool {
+        self.wants(|p| p.phases.response_body)
     }
 
     /// Runs `on-request-headers` through the chain, in order.
     pub async fn request_headers(&mut self) -> Result<Decision, PluginFailure> {
         let mut hint = None;
-        for i in 0..self.slots.len() {
-            if !self.slots[i].plugin.phases.request_headers {
+        for i in 0..self.plugins.len() {
+            if !self.plugins[i].phases.request_headers {
                 continue;
             }
             match self.call(i, Phase::RequestHeaders).await? {
@@ -93,6 +121,25 @@ impl RequestSession {
         })
     }
 
+    /// Runs `on-request-body` for one chunk through the chain, in order. `Some` is a local
+    /// answer: the request must not reach the upstream.
+    pub async fn request_body(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Option<LocalResponse>, PluginFailure> {
+        for i in 0..self.plugins.len() {
+            if !self.plugins[i].phases.request_body {
+                continue;
+            }
+            let phase = Phase::RequestBody(chunk.to_vec(), end_of_stream);
+            if let Some(Action::Respond(resp)) = self.call(i, phase).await? {
+                return Ok(Some(resp));
+            }
+        }
+        Ok(None)
+    }
+
     /// Runs `on-response-headers` in reverse chain order (the last plugin to see the request is
     /// the first to see the response). `headers` are moved in and back out.
     pub async fn response_headers(
@@ -103,8 +150,8 @@ impl RequestSession {
         self.state.response_status = Some(status);
         self.state.response_headers = std::mem::take(headers);
         let mut result = Ok(());
-        for i in (0..self.slots.len()).rev() {
-            if !self.slots[i].plugin.phases.response_headers {
+        for i in (0..self.plugins.len()).rev() {
+            if !self.plugins[i].phases.response_headers {
                 continue;
             }
             if let Err(e) = self.call(i, Phase::ResponseHeaders).await {
@@ -116,46 +163,6 @@ impl RequestSession {
         result
     }
 
-    /// Whether the session has no plugins.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    /// Whether a plugin implements `on-request-body`.
-    pub fn wants_request_body(&self) -> bool {
-        self.slots
-            .iter()
-            .any(|s| s.plugin.phases.request_body && !s.skipped)
-    }
-
-    /// Whether a plugin implements `on-response-body`.
-    pub fn wants_response_body(&self) -> bool {
-        self.slots
-            .iter()
-            .any(|s| s.plugin.phases.response_body && !s.skipped)
-    }
-
-    /// Runs `on-request-body` for one chunk through the chain, in order. `Some` is a local
-    /// answer: the request must not reach the upstream.
-    pub async fn request_body(
-        &mut self,
-        chunk: &[u8],
-        end_of_stream: bool,
-    ) -> Result<Option<LocalResponse>, PluginFailure> {
-        for i in 0..self.slots.len() {
-            if !self.slots[i].plugin.phases.request_body {
-                continue;
-            }
-            if let Some(Action::Respond(resp)) = self
-                .call(i, Phase::RequestBody(chunk.to_vec(), end_of_stream))
-                .await?
-            {
-                return Ok(Some(resp));
-            }
-        }
-        Ok(None)
-    }
-
     /// Runs `on-response-body` for one chunk through the chain in reverse order; each plugin
     /// gets what the previous one returned.
     pub async fn response_body(
@@ -164,14 +171,12 @@ impl RequestSession {
         end_of_stream: bool,
     ) -> Result<Vec<u8>, PluginFailure> {
         let mut chunk = chunk;
-        for i in (0..self.slots.len()).rev() {
-            if !self.slots[i].plugin.phases.response_body {
+        for i in (0..self.plugins.len()).rev() {
+            if !self.plugins[i].phases.response_body {
                 continue;
             }
-            let input = std::mem::take(&mut chunk);
-            match self.call_body(i, input.clone(), end_of_stream).await? {
-                Some(out) => chunk = out,
-                None => chunk = input, // skipped (fail-open or not applicable): pass through
+            if let Some(out) = self.call_body(i, &chunk, end_of_stream).await? {
+                chunk = out;
             }
         }
         Ok(chunk)
@@ -179,24 +184,24 @@ impl RequestSession {
 
     /// Makes sure slot `i` holds an instance; `Ok(false)` when the plugin does not run here.
     async fn ready(&mut self, i: usize) -> Result<bool, PluginFailure> {
+        let plugin = &self.plugins[i];
         let tenant = self.state.tenant().map(str::to_string);
         let slot = &mut self.slots[i];
         if slot.skipped
-            || !slot
-                .plugin
+            || !plugin
                 .settings
                 .applies(&self.state.route, tenant.as_deref())
         {
             return Ok(false);
         }
         if slot.checkout.is_none() {
-            match slot.plugin.clone().checkout(tenant.as_deref()).await {
+            match plugin.checkout(tenant.as_deref()).await {
                 Ok(c) => slot.checkout = Some(c),
                 Err(CallFailure::Inactive) => {
                     slot.skipped = true;
                     return Ok(false);
                 }
-                Err(failure) => return Self::fail(slot, failure).map(|_| false),
+                Err(failure) => return fail(plugin, slot, failure).map(|_| false),
             }
         }
         Ok(true)
@@ -206,14 +211,14 @@ impl RequestSession {
     async fn call_body(
         &mut self,
         i: usize,
-        chunk: Vec<u8>,
+        chunk: &[u8],
         end_of_stream: bool,
     ) -> Result<Option<Vec<u8>>, PluginFailure> {
         if !self.ready(i).await? {
             return Ok(None);
         }
+        let plugin = &self.plugins[i];
         let slot = &mut self.slots[i];
-        let plugin = slot.plugin.clone();
         let inst = slot
             .checkout
             .as_mut()
@@ -224,7 +229,7 @@ impl RequestSession {
         let started = Instant::now();
         let r = inst
             .bindings
-            .call_on_response_body(&mut inst.store, &chunk, end_of_stream)
+            .call_on_response_body(&mut inst.store, chunk, end_of_stream)
             .await;
         std::mem::swap(&mut inst.store.data_mut().req, &mut self.state);
         match plugin.finish_call(inst, started, r) {
@@ -232,7 +237,7 @@ impl RequestSession {
             Err(failure) => {
                 // The store is unusable after a trap: drop it (a new instance replaces it).
                 slot.checkout.take();
-                Self::fail(slot, failure).map(|_| None)
+                fail(plugin, slot, failure).map(|_| None)
             }
         }
     }
@@ -241,8 +246,8 @@ impl RequestSession {
         if !self.ready(i).await? {
             return Ok(None);
         }
+        let plugin = &self.plugins[i];
         let slot = &mut self.slots[i];
-        let plugin = slot.plugin.clone();
         let inst = slot
             .checkout
             .as_mut()
@@ -282,29 +287,16 @@ impl RequestSession {
             Err(failure) => {
                 // The store is unusable after a trap: drop it (a new instance replaces it).
                 slot.checkout.take();
-                Self::fail(slot, failure)
+                fail(plugin, slot, failure)
             }
-        }
-    }
-
-    fn fail(slot: &mut Slot, failure: CallFailure) -> Result<Option<Action>, PluginFailure> {
-        match slot.plugin.fail_policy() {
-            FailPolicy::FailOpen => {
-                slot.skipped = true;
-                Ok(None)
-            }
-            FailPolicy::FailClosed => Err(PluginFailure {
-                plugin: slot.plugin.name.clone(),
-                failure,
-            }),
         }
     }
 
     /// Runs `on-log` for the plugins that want it, then returns every instance to its pool.
     async fn finish(mut self) {
-        for i in 0..self.slots.len() {
-            let s = &self.slots[i];
-            if s.plugin.phases.log && s.checkout.is_some() {
+        self.logging = true;
+        for i in 0..self.plugins.len() {
+            if self.plugins[i].phases.log && self.slots[i].checkout.is_some() {
                 let _ = self.call(i, Phase::Log).await;
             }
         }
@@ -312,12 +304,12 @@ impl RequestSession {
     }
 
     fn return_instances(&mut self) {
-        for slot in &mut self.slots {
+        for (plugin, slot) in self.plugins.iter().zip(&mut self.slots) {
             if let Some(mut c) = slot.checkout.take() {
                 let retire = match c.inst.as_mut() {
                     Some(inst) => {
                         inst.uses += 1;
-                        slot.plugin.should_retire(inst)
+                        plugin.should_retire(inst)
                     }
                     None => true,
                 };
@@ -327,16 +319,38 @@ impl RequestSession {
     }
 }
 
+/// Applies the plugin's fail policy to a failed call.
+fn fail(
+    plugin: &LoadedPlugin,
+    slot: &mut Slot,
+    failure: CallFailure,
+) -> Result<Option<Action>, PluginFailure> {
+    match plugin.fail_policy() {
+        FailPolicy::FailOpen => {
+            slot.skipped = true;
+            Ok(None)
+        }
+        FailPolicy::FailClosed => Err(PluginFailure {
+            plugin: plugin.name.clone(),
+            failure,
+        }),
+    }
+}
+
 impl Drop for RequestSession {
     fn drop(&mut self) {
-        let wants_log = self
-            .slots
-            .iter()
-            .any(|s| s.plugin.phases.log && s.checkout.is_some());
+        let wants_log = !self.logging
+            && self
+                .plugins
+                .iter()
+                .zip(&self.slots)
+                .any(|(p, s)| p.phases.log && s.checkout.is_some());
         if wants_log {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 let session = RequestSession {
+                    plugins: self.plugins.clone(),
                     slots: std::mem::take(&mut self.slots),
+                    logging: true,
                     state: std::mem::take(&mut self.state),
                 };
                 handle.spawn(session.finish());
@@ -345,12 +359,4 @@ impl Drop for RequestSession {
         }
         self.return_instances();
     }
-}
-
-#[derive(Debug, Clone)]
-enum Phase {
-    RequestHeaders,
-    RequestBody(Vec<u8>, bool),
-    ResponseHeaders,
-    Log,
 }

@@ -17,11 +17,11 @@ fn runtime() -> (PluginRuntime, Arc<MemoryKv>) {
 
 fn request(headers: &[(&str, &str)]) -> RequestState {
     let mut s = RequestState {
-        method: "GET".into(),
-        path: "/x".into(),
+        method: http::Method::GET,
+        uri: "/x".parse().unwrap(),
         route: "default".into(),
-        request_id: "rid-1".into(),
-        client_addr: "127.0.0.1".into(),
+        request_id: Some("rid-1".parse().unwrap()),
+        client_addr: Some([127, 0, 0, 1].into()),
         ..Default::default()
     };
     for (k, v) in headers {

@@ -125,7 +125,7 @@ where
         let client = snap.client_ip(conn.peer.ip(), &parts.headers);
         let rid = headers::request_id_str(request_id);
         if let Some(mut s) = runtime.session(&route.name, || {
-            plugins::request_state(&mut parts, &route.name, client, rid)
+            plugins::request_state(&mut parts, &route.name, client, request_id)
         }) {
             let decision = s.request_headers().await;
             parts.headers = std::mem::take(&mut s.state.headers);

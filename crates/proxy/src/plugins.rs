@@ -7,20 +7,20 @@ use wasmgate_plugin_host::RequestState;
 
 use crate::body::{full, ProxyBody};
 
-/// Builds what plugins see of a request. `headers` are moved, not copied.
+/// Builds what plugins see of a request: cheap clones (no formatting), and the headers are
+/// moved, not copied.
 pub(crate) fn request_state(
     parts: &mut http::request::Parts,
-    route: &str,
+    route: &std::sync::Arc<str>,
     client_addr: std::net::IpAddr,
-    request_id: &str,
+    request_id: &HeaderValue,
 ) -> RequestState {
     RequestState {
-        method: parts.method.as_str().to_string(),
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().map(str::to_string),
-        client_addr: client_addr.to_string(),
-        route: route.to_string(),
-        request_id: request_id.to_string(),
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        client_addr: Some(client_addr),
+        route: route.clone(),
+        request_id: Some(request_id.clone()),
         headers: std::mem::take(&mut parts.headers),
         ..Default::default()
     }

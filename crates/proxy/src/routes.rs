@@ -4,8 +4,8 @@ use wasmgate_config::RouteConfig;
 /// A compiled route.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// Name for logs and metrics.
-    pub name: String,
+    /// Name for logs and metrics (shared with every request's plugin state).
+    pub name: std::sync::Arc<str>,
     /// Normalized prefix (no trailing slash except the root).
     pub prefix: String,
     /// The upstream it points at.
@@ -47,7 +47,7 @@ impl RouteTable {
                     r.prefix.clone()
                 };
                 Route {
-                    name: r.display_name().to_string(),
+                    name: r.display_name().into(),
                     prefix,
                     upstream: r.upstream.clone(),
                     strip_prefix: r.strip_prefix,
