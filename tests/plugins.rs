@@ -526,7 +526,9 @@ async fn a_python_plugin_built_with_componentize_py_runs_from_the_folder() {
         .status()
         .expect("componentize-py is needed for this test: pip install componentize-py (scripts/test.sh installs it)");
     assert!(status.success(), "componentize-py failed");
-    let manifest = "[budget]\nmemory_mb = 256\ncpu_ms = 1000\n[config]\nname = \"x-lang\"\nvalue = \"python\"\n";
+    // The defaults (64 MiB memory cap, 50 ms CPU per call, pool sizes) suit an 18 MB Python
+    // component too: no budget section.
+    let manifest = "[config]\nname = \"x-lang\"\nvalue = \"python\"\n";
     drop_plugin(
         &dir,
         "python-header",
