@@ -612,3 +612,60 @@ async fn body_phases_see_every_chunk_and_can_answer_or_transform() {
     assert_eq!(String::from_utf8(rest).unwrap(), "|req=0|chunks=3");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_can_override_a_plugins_config() {
+    let up = upstream().spawn().await;
+    let dir = tempdir("plugins-route-config");
+    let manifest = "[config]\nname = \"x-team\"\nvalue = \"platform\"\n[routes_config.llm]\nvalue = \"llm-team\"\n";
+    drop_plugin(
+        &dir,
+        "add-header",
+        &read(guests::ADD_HEADER),
+        Some(manifest),
+    );
+    let gw = gateway()
+        .route("/v1", "llm", &[up.url()])
+        .route("/", "jobs", &[up.url()])
+        .config(|c| {
+            c.routes[0].name = Some("llm".into());
+            c.routes[1].name = Some("jobs".into());
+        })
+        .plugins_dir(&dir)
+        .spawn()
+        .await;
+    let c = client();
+    let echo: Value = c
+        .get(gw.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed_header(&echo, "x-team"),
+        Some("llm-team"),
+        "the route's override"
+    );
+    let echo: Value = c
+        .get(gw.url("/api/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed_header(&echo, "x-team"),
+        Some("platform"),
+        "the plugin's own config elsewhere"
+    );
+
+    let list = plugins_json(gw.url("/gateway/plugins")).await;
+    let entries = list["plugins"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "the plugin and its llm variant: {list}");
+    assert!(entries.iter().any(|p| p["route_override"] == "llm"));
+    assert!(list["refused"].as_array().unwrap().is_empty(), "{list}");
+    std::fs::remove_dir_all(dir).ok();
+}

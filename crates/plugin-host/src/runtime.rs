@@ -46,16 +46,16 @@ impl PluginChain {
         let for_route = |route: Option<&str>| -> PluginList {
             plugins
                 .iter()
-                .filter(|p| {
-                    p.settings.routes.is_empty()
-                        || route.is_some_and(|r| p.settings.routes.iter().any(|x| x == r))
+                .filter(|p| match route {
+                    Some(r) => p.settings.runs_on(r),
+                    None => p.settings.routes.is_empty(),
                 })
                 .cloned()
                 .collect()
         };
         let by_route = plugins
             .iter()
-            .flat_map(|p| p.settings.routes.iter())
+            .flat_map(|p| p.settings.routes.iter().chain(&p.settings.exclude_routes))
             .map(|r| (r.clone(), for_route(Some(r))))
             .collect();
         let unrestricted = for_route(None);
@@ -153,14 +153,12 @@ impl PluginRuntime {
     /// is refused with the reason and the version already running (if any) stays.
     pub async fn scan_folder(&self, dir: &Path) -> (Vec<Arc<LoadedPlugin>>, Vec<Refusal>) {
         let current = self.chain();
-        let by_path: HashMap<&Path, &Arc<LoadedPlugin>> = current
-            .plugins
-            .iter()
-            .filter_map(|p| match &p.source {
-                PluginSource::File(path) => Some((path.as_path(), p)),
-                PluginSource::Builtin => None,
-            })
-            .collect();
+        let mut by_path: HashMap<&Path, Vec<Arc<LoadedPlugin>>> = HashMap::new();
+        for p in &current.plugins {
+            if let PluginSource::File(path) = &p.source {
+                by_path.entry(path.as_path()).or_default().push(p.clone());
+            }
+        }
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -177,29 +175,29 @@ impl PluginRuntime {
         let mut loaded = Vec::new();
         let mut refused = Vec::new();
         for path in files {
-            match self
-                .load_file(&path, by_path.get(path.as_path()).copied())
-                .await
-            {
-                Ok(p) => loaded.push(p),
+            let current = by_path
+                .get(path.as_path())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            match self.load_file(&path, current).await {
+                Ok(ps) => loaded.extend(ps),
                 Err(error) => {
                     tracing::error!(plugin = %path.display(), %error, "plugin refused; what ran before keeps running");
-                    if let Some(old) = by_path.get(path.as_path()) {
-                        loaded.push((*old).clone());
-                    }
+                    loaded.extend(current.iter().cloned());
                     refused.push(Refusal { path, error });
                 }
             }
         }
-        // Two files must not claim the same plugin name.
-        let mut seen: HashMap<String, PathBuf> = HashMap::new();
+        // Two files must not claim the same plugin name (a file's per-route variants share it).
+        let mut seen: HashMap<(String, Option<String>), PathBuf> = HashMap::new();
         let mut unique = Vec::new();
         for p in loaded {
             let path = match &p.source {
                 PluginSource::File(f) => f.clone(),
                 PluginSource::Builtin => PathBuf::new(),
             };
-            if let Some(first) = seen.get(&p.name) {
+            let key = (p.name.clone(), p.settings.variant_route.clone());
+            if let Some(first) = seen.get(&key) {
                 refused.push(Refusal {
                     path,
                     error: format!(
@@ -209,18 +207,20 @@ impl PluginRuntime {
                     ),
                 });
             } else {
-                seen.insert(p.name.clone(), path);
+                seen.insert(key, path);
                 unique.push(p);
             }
         }
         (unique, refused)
     }
 
+    /// Loads a file and its per-route variants; `current` is what runs from it now (kept as is
+    /// when neither the file nor its manifest changed).
     async fn load_file(
         &self,
         path: &Path,
-        current: Option<&Arc<LoadedPlugin>>,
-    ) -> std::result::Result<Arc<LoadedPlugin>, String> {
+        current: &[Arc<LoadedPlugin>],
+    ) -> std::result::Result<Vec<Arc<LoadedPlugin>>, String> {
         let wasm = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
         let manifest_path = path.with_extension("toml");
         let settings = match std::fs::read_to_string(&manifest_path) {
@@ -229,17 +229,31 @@ impl PluginRuntime {
             }
             Err(_) => PluginSettings::default(),
         };
-        if let Some(cur) = current {
+        let base = current.iter().find(|p| p.settings.variant_route.is_none());
+        if let Some(cur) = base {
             let same_manifest = serde_json::to_string(&cur.settings).ok()
                 == serde_json::to_string(&settings).ok()
                 && cur.settings.config_json == settings.config_json;
             if cur.sha256 == crate::engine::sha256_hex(&wasm) && same_manifest {
-                return Ok(cur.clone());
+                return Ok(current.to_vec());
             }
         }
-        self.load(PluginSource::File(path.to_path_buf()), &wasm, settings)
-            .await
-            .map_err(|e| e.to_string())
+        let source = PluginSource::File(path.to_path_buf());
+        let mut out = Vec::new();
+        for (route, config) in &settings.route_configs {
+            let variant = settings.variant_for(route, config);
+            out.push(
+                self.load(source.clone(), &wasm, variant)
+                    .await
+                    .map_err(|e| format!("routes_config.{route}: {e}"))?,
+            );
+        }
+        out.push(
+            self.load(source, &wasm, settings)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(out)
     }
 
     /// The plugin folder, once [`PluginRuntime::reload_folder`] has read one.
@@ -271,12 +285,20 @@ impl PluginRuntime {
         Some(RequestSession::new(list.clone(), Box::new(state())))
     }
 
-    /// A plugin by name.
+    /// A plugin by name (its base, not a per-route variant).
     pub fn find(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        self.find_all(name)
+            .into_iter()
+            .min_by_key(|p| p.settings.variant_route.is_some())
+    }
+
+    /// A plugin and its per-route variants.
+    pub fn find_all(&self, name: &str) -> Vec<Arc<LoadedPlugin>> {
         self.chain()
             .plugins
             .iter()
-            .find(|p| p.name == name)
+            .filter(|p| p.name == name)
             .cloned()
+            .collect()
     }
 }

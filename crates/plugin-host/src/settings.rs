@@ -40,6 +40,13 @@ pub struct PluginSettings {
     pub tenants: Vec<String>,
     /// Start enabled.
     pub enabled: bool,
+    /// Per-route configuration overrides: route name -> the full `init` config (JSON) for that
+    /// route (`[config]` with `[routes_config.<route>]` merged over it).
+    pub route_configs: std::collections::BTreeMap<String, String>,
+    /// Routes this plugin does not run on (a variant with its own config runs there instead).
+    pub exclude_routes: Vec<String>,
+    /// For a per-route variant: the route whose config it carries.
+    pub variant_route: Option<String>,
 }
 
 impl Default for PluginSettings {
@@ -57,6 +64,9 @@ impl Default for PluginSettings {
             routes: Vec::new(),
             tenants: Vec::new(),
             enabled: true,
+            route_configs: Default::default(),
+            exclude_routes: Vec::new(),
+            variant_route: None,
         }
     }
 }
@@ -67,9 +77,27 @@ impl PluginSettings {
         self.memory_bytes / 4 * 3
     }
 
+    /// The settings of the variant that runs on `route` with its own config.
+    pub fn variant_for(&self, route: &str, config_json: &str) -> PluginSettings {
+        PluginSettings {
+            config_json: config_json.to_string(),
+            routes: vec![route.to_string()],
+            route_configs: Default::default(),
+            exclude_routes: Vec::new(),
+            variant_route: Some(route.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// Whether the plugin runs on this route at all.
+    pub fn runs_on(&self, route: &str) -> bool {
+        (self.routes.is_empty() && !self.exclude_routes.iter().any(|r| r == route))
+            || self.routes.iter().any(|r| r == route)
+    }
+
     /// Whether the plugin runs for this route and tenant.
     pub fn applies(&self, route: &str, tenant: Option<&str>) -> bool {
-        (self.routes.is_empty() || self.routes.iter().any(|r| r == route))
+        self.runs_on(route)
             && (self.tenants.is_empty()
                 || tenant.is_some_and(|t| self.tenants.iter().any(|x| x == t)))
     }
@@ -102,6 +130,8 @@ struct Manifest {
     #[serde(default)]
     budget: Budget,
     config: Option<toml::Table>,
+    #[serde(default)]
+    routes_config: std::collections::BTreeMap<String, toml::Table>,
 }
 
 /// Parses a manifest (text) into settings. Errors name the key.
@@ -115,6 +145,16 @@ pub fn parse_manifest(text: &str) -> Result<PluginSettings, String> {
         }
     }
     let d = PluginSettings::default();
+    let base = m.config.clone().unwrap_or_default();
+    let mut route_configs = std::collections::BTreeMap::new();
+    for (route, overrides) in &m.routes_config {
+        let mut merged = base.clone();
+        merged.extend(overrides.clone());
+        let json =
+            serde_json::to_string(&merged).map_err(|e| format!("routes_config.{route}: {e}"))?;
+        route_configs.insert(route.clone(), json);
+    }
+    let exclude_routes = route_configs.keys().cloned().collect();
     let s = PluginSettings {
         fail_policy: m.fail_policy.unwrap_or(d.fail_policy),
         cpu_budget_ms: m.budget.cpu_ms.unwrap_or(d.cpu_budget_ms),
@@ -138,6 +178,9 @@ pub fn parse_manifest(text: &str) -> Result<PluginSettings, String> {
         routes: m.routes,
         tenants: m.tenants,
         enabled: m.enabled.unwrap_or(true),
+        route_configs,
+        exclude_routes,
+        variant_route: None,
     };
     if s.cpu_budget_ms == 0 || s.memory_bytes == 0 || s.max_instances == 0 {
         return Err("budget: cpu_ms, memory_mb and max_instances must be greater than 0".into());
@@ -171,6 +214,14 @@ mod tests {
         assert_eq!(s.config_json, r#"{"name":"x-a"}"#);
         assert!(s.applies("llm", None) && !s.applies("jobs", None));
         assert!(parse_manifest("ordr = 1").unwrap_err().contains("ordr"));
+        let s = parse_manifest("[config]\na = 1\nb = 2\n[routes_config.llm]\nb = 3\n").unwrap();
+        assert_eq!(s.route_configs["llm"], r#"{"a":1,"b":3}"#);
+        assert!(
+            !s.runs_on("llm") && s.runs_on("jobs"),
+            "the base skips the overridden route"
+        );
+        let v = s.variant_for("llm", &s.route_configs["llm"]);
+        assert!(v.runs_on("llm") && !v.runs_on("jobs"));
         assert!(parse_manifest("grant = [\"fs\"]")
             .unwrap_err()
             .contains("fs"));

@@ -61,8 +61,8 @@ async fn plugins_endpoint<B>(
                 .find(name)
                 .ok_or_else(|| ProxyError::NotFound(format!("no plugin named `{name}`")))?;
             match verb {
-                "enable" => plugin.set_enabled(true),
-                "disable" => plugin.set_enabled(false),
+                "enable" => rt.find_all(name).iter().for_each(|p| p.set_enabled(true)),
+                "disable" => rt.find_all(name).iter().for_each(|p| p.set_enabled(false)),
                 "reload" => match rt.folder() {
                     Some(dir) => rt.reload_folder(&dir).await,
                     None => plugin.recycle(),
@@ -128,6 +128,7 @@ fn describe(p: &LoadedPlugin) -> Value {
         "error": p.failure(),
         "order": p.settings.order,
         "routes": p.settings.routes,
+        "route_override": p.settings.variant_route,
         "tenants": p.settings.tenants,
         "fail_policy": p.settings.fail_policy,
         "budget": {
