@@ -388,20 +388,35 @@ impl LoadedPlugin {
         }
     }
 
-    /// Runs `on-request-headers` on a checked-out instance with `state` moved in and back out:
-    /// the single call the request path makes (and the benchmarks measure). After an `Err` the
-    /// instance must be dropped.
+    /// Runs one export on a checked-out instance: the request state is moved into the store
+    /// and back out (never copied), the CPU deadline is armed, and the outcome is classified and
+    /// counted. After an `Err` the instance must be dropped.
+    pub async fn call_with_state<T>(
+        &self,
+        inst: &mut Pooled,
+        state: &mut Box<crate::host::RequestState>,
+        call: impl AsyncFnOnce(
+            &crate::bindings::GatewayPlugin,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<T>,
+    ) -> std::result::Result<T, CallFailure> {
+        std::mem::swap(&mut inst.store.data_mut().req, state);
+        self.arm(inst);
+        let started = Instant::now();
+        let r = call(&inst.bindings, &mut inst.store).await;
+        std::mem::swap(&mut inst.store.data_mut().req, state);
+        self.finish_call(inst, started, r)
+    }
+
+    /// Runs `on-request-headers` on a checked-out instance: the single call the request path
+    /// makes per plugin (and the benchmarks measure).
     pub async fn call_request_headers(
         &self,
         inst: &mut Pooled,
         state: &mut Box<crate::host::RequestState>,
     ) -> std::result::Result<crate::bindings::wasmgate::plugin::types::Action, CallFailure> {
-        std::mem::swap(&mut inst.store.data_mut().req, state);
-        self.arm(inst);
-        let started = Instant::now();
-        let r = inst.bindings.call_on_request_headers(&mut inst.store).await;
-        std::mem::swap(&mut inst.store.data_mut().req, state);
-        self.finish_call(inst, started, r)
+        self.call_with_state(inst, state, async |b, s| b.call_on_request_headers(s).await)
+            .await
     }
 
     /// Prepares a call: the CPU deadline.

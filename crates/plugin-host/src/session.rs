@@ -2,8 +2,6 @@
 //! routing, runs the request phases, moves headers in and out, runs the response phases, and
 //! drops the session when the response body is done: `on-log` then runs off the request path
 //! and the instances go back to their pools.
-use std::time::Instant;
-
 use http::HeaderMap;
 
 use crate::bindings::{Action, LocalResponse};
@@ -224,15 +222,12 @@ impl RequestSession {
             .as_mut()
             .and_then(|c| c.inst.as_mut())
             .expect("ready");
-        std::mem::swap(&mut inst.store.data_mut().req, &mut self.state);
-        plugin.arm(inst);
-        let started = Instant::now();
-        let r = inst
-            .bindings
-            .call_on_response_body(&mut inst.store, chunk, end_of_stream)
+        let result = plugin
+            .call_with_state(inst, &mut self.state, async |b, s| {
+                b.call_on_response_body(s, chunk, end_of_stream).await
+            })
             .await;
-        std::mem::swap(&mut inst.store.data_mut().req, &mut self.state);
-        match plugin.finish_call(inst, started, r) {
+        match result {
             Ok(out) => Ok(Some(out)),
             Err(failure) => {
                 // The store is unusable after a trap: drop it (a new instance replaces it).
@@ -253,35 +248,16 @@ impl RequestSession {
             .as_mut()
             .and_then(|c| c.inst.as_mut())
             .expect("ready");
-        let result = if let Phase::RequestHeaders = phase {
-            plugin
-                .call_request_headers(inst, &mut self.state)
-                .await
-                .map(Some)
-        } else {
-            std::mem::swap(&mut inst.store.data_mut().req, &mut self.state);
-            plugin.arm(inst);
-            let started = Instant::now();
-            let r = match &phase {
-                Phase::RequestBody(chunk, eos) => inst
-                    .bindings
-                    .call_on_request_body(&mut inst.store, chunk, *eos)
-                    .await
-                    .map(Some),
-                Phase::ResponseHeaders => inst
-                    .bindings
-                    .call_on_response_headers(&mut inst.store)
-                    .await
-                    .map(Some),
-                Phase::RequestHeaders | Phase::Log => inst
-                    .bindings
-                    .call_on_log(&mut inst.store)
-                    .await
-                    .map(|()| None),
-            };
-            std::mem::swap(&mut inst.store.data_mut().req, &mut self.state);
-            plugin.finish_call(inst, started, r)
-        };
+        let result = plugin
+            .call_with_state(inst, &mut self.state, async |b, s| match &phase {
+                Phase::RequestHeaders => b.call_on_request_headers(s).await.map(Some),
+                Phase::RequestBody(chunk, eos) => {
+                    b.call_on_request_body(s, chunk, *eos).await.map(Some)
+                }
+                Phase::ResponseHeaders => b.call_on_response_headers(s).await.map(Some),
+                Phase::Log => b.call_on_log(s).await.map(|()| None),
+            })
+            .await;
         match result {
             Ok(action) => Ok(action),
             Err(failure) => {
