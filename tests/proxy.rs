@@ -421,6 +421,38 @@ async fn health_is_answered_locally() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_exact_gateway_paths_are_local() {
+    let up = upstream().spawn().await;
+    let gw = gateway().upstream(&up).spawn().await;
+    let c = client();
+    let list: Value = c
+        .get(gw.url("/gateway/plugins"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["enabled"], false,
+        "answered locally: no plugin runtime here"
+    );
+    let echo: Value = c
+        .get(gw.url("/gateway/pluginsfoo"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echo["uri"], "/gateway/pluginsfoo",
+        "not a local endpoint: routed upstream"
+    );
+    assert_eq!(up.request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_routes_and_keeps_in_flight_requests() {
     let old = upstream()
         .slow("/slow", Duration::from_millis(400))

@@ -27,7 +27,10 @@ pub(crate) async fn local<B>(
     if path == HEALTH_PATH {
         return Some(health(gw, request_id));
     }
-    let rest = path.strip_prefix(PLUGINS_PATH)?;
+    // On a segment boundary: `/gateway/pluginsX` is an ordinary routed path.
+    let rest = path
+        .strip_prefix(PLUGINS_PATH)
+        .filter(|r| r.is_empty() || r.starts_with('/'))?;
     let rid = request_id_str(request_id);
     let result = plugins_endpoint(gw, req, rest).await;
     Some(match result {
