@@ -102,14 +102,7 @@ async fn acip_env_mode_reads_dotenv_and_sets_worker_threads() {
     )
     .unwrap();
     let gw = GatewayProcess::spawn(wasmgate_command(&dir));
-    let echo: serde_json::Value = client()
-        .get(gw.url("/api/v1/queue/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: serde_json::Value = common::json(client().get(gw.url("/api/v1/queue/stats"))).await;
     assert_eq!(
         echo["uri"], "/api/v1/queue/stats",
         "catch-all route / to FASTAPI_URL"

@@ -119,14 +119,7 @@ async fn the_example_plugin_dropped_in_the_folder_edits_requests_and_responses()
     // Removing a file unloads it.
     std::fs::remove_file(dir.join("add-header.wasm")).unwrap();
     eventually("add-header unloaded", async || {
-        let echo: Value = client()
-            .get(gw.url("/x"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let echo: Value = common::json(client().get(gw.url("/x"))).await;
         echoed_header(&echo, "x-team").is_none()
     })
     .await;
@@ -250,14 +243,7 @@ async fn bad_files_are_refused_with_the_reason_and_the_old_chain_keeps_serving()
         list["plugins"][0]["name"], "add-header",
         "the running version stays"
     );
-    let echo: Value = client()
-        .get(gw.url("/x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(client().get(gw.url("/x"))).await;
     assert_eq!(echoed_header(&echo, "x-team"), Some("gpu-platform"));
 
     // A manifest with an unknown key names it.
@@ -321,14 +307,7 @@ async fn replacing_a_plugin_50_times_under_load_fails_no_request() {
     }
     let url = gw.url("/after");
     eventually("the last version serves", async || {
-        let echo: Value = client()
-            .get(url.clone())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let echo: Value = common::json(client().get(url.clone())).await;
         echoed_header(&echo, "x-version") == Some("v50")
     })
     .await;
@@ -451,56 +430,26 @@ async fn admin_endpoints_need_the_admin_token() {
         "unauthorized",
     )
     .await;
-    let v: Value = c
-        .post(&disable)
-        .bearer_auth("s3cret-admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = common::json(c.post(&disable).bearer_auth("s3cret-admin")).await;
     assert_eq!(v["state"], "disabled");
-    let echo: Value = c
-        .get(gw.url("/x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(c.get(gw.url("/x"))).await;
     assert!(
         echoed_header(&echo, "x-team").is_none(),
         "a disabled plugin does not run"
     );
-    let v: Value = c
-        .post(gw.url("/gateway/plugins/add-header/enable"))
-        .bearer_auth("s3cret-admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = common::json(
+        c.post(gw.url("/gateway/plugins/add-header/enable"))
+            .bearer_auth("s3cret-admin"),
+    )
+    .await;
     assert_eq!(v["state"], "active");
-    let echo: Value = c
-        .get(gw.url("/x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(c.get(gw.url("/x"))).await;
     assert_eq!(echoed_header(&echo, "x-team"), Some("gpu-platform"));
-    let v: Value = c
-        .post(gw.url("/gateway/plugins/add-header/reload"))
-        .bearer_auth("s3cret-admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = common::json(
+        c.post(gw.url("/gateway/plugins/add-header/reload"))
+            .bearer_auth("s3cret-admin"),
+    )
+    .await;
     assert_eq!(v["name"], "add-header");
     let resp = c
         .post(gw.url("/gateway/plugins/nope/enable"))
@@ -540,14 +489,7 @@ async fn a_python_plugin_built_with_componentize_py_runs_from_the_folder() {
 
     let c = client();
     for _ in 0..3 {
-        let echo: Value = c
-            .get(gw.url("/v1/models"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let echo: Value = common::json(c.get(gw.url("/v1/models"))).await;
         assert_eq!(echoed_header(&echo, "x-lang"), Some("python"));
     }
     let list = plugins_json(gw.url("/gateway/plugins")).await;
@@ -635,27 +577,13 @@ async fn a_route_can_override_a_plugins_config() {
         .spawn()
         .await;
     let c = client();
-    let echo: Value = c
-        .get(gw.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(c.get(gw.url("/v1/models"))).await;
     assert_eq!(
         echoed_header(&echo, "x-team"),
         Some("llm-team"),
         "the route's override"
     );
-    let echo: Value = c
-        .get(gw.url("/api/v1/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(c.get(gw.url("/api/v1/jobs"))).await;
     assert_eq!(
         echoed_header(&echo, "x-team"),
         Some("platform"),

@@ -148,15 +148,7 @@ async fn http2_upstreams_by_prior_knowledge() {
         .await;
     let c = common::client();
     for _ in 0..3 {
-        let echo: Value = c
-            .post(gw.url("/gen"))
-            .body("prompt")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let echo: Value = common::json(c.post(gw.url("/gen")).body("prompt")).await;
         assert_eq!(echo["version"], "HTTP/2.0");
         assert_eq!(echo["body"], "prompt");
     }

@@ -22,47 +22,19 @@ async fn longest_prefix_on_segment_boundaries_with_strip_prefix() {
         .await;
     let c = client();
 
-    let echo: Value = c
-        .get(gw.url("/api/x?b=2&a=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(c.get(gw.url("/api/x?b=2&a=1"))).await;
     assert_eq!(
         echo["uri"], "/api/x?b=2&a=1",
         "path and query pass unchanged"
     );
-    let echo: Value = c
-        .get(gw.url("/api"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(c.get(gw.url("/api"))).await;
     assert_eq!(echo["uri"], "/api");
-    let echo: Value = c
-        .get(gw.url("/api/v1/jobs/7"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(c.get(gw.url("/api/v1/jobs/7"))).await;
     assert_eq!(
         echo["uri"], "/jobs/7",
         "longest prefix wins and is stripped"
     );
-    let echo: Value = c
-        .get(gw.url("/api/v1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(c.get(gw.url("/api/v1"))).await;
     assert_eq!(echo["uri"], "/");
     assert_eq!(api.request_count(), 2);
     assert_eq!(v1.request_count(), 2);
@@ -214,15 +186,7 @@ async fn traceparent_continued_with_own_span_or_started() {
     let c = client();
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    let echo: Value = c
-        .get(gw.url("/"))
-        .header("traceparent", incoming)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(c.get(gw.url("/")).header("traceparent", incoming)).await;
     let tp = echoed_header(&echo, "traceparent").unwrap();
     let parts: Vec<&str> = tp.split('-').collect();
     assert_eq!(parts[0], "00");
@@ -236,7 +200,7 @@ async fn traceparent_continued_with_own_span_or_started() {
         if let Some(h) = header {
             req = req.header("traceparent", h);
         }
-        let echo: Value = req.send().await.unwrap().json().await.unwrap();
+        let echo: Value = common::json(req).await;
         let tp = echoed_header(&echo, "traceparent").unwrap();
         let parts: Vec<&str> = tp.split('-').collect();
         assert_eq!(parts.len(), 4, "{tp}");
@@ -267,32 +231,24 @@ async fn forwarded_headers_only_trusted_from_configured_proxies() {
         .await;
     let c = client();
 
-    let echo: Value = c
-        .get(trusting.url("/"))
-        .header("x-forwarded-for", "198.51.100.7")
-        .header("x-forwarded-proto", "https")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(
+        c.get(trusting.url("/"))
+            .header("x-forwarded-for", "198.51.100.7")
+            .header("x-forwarded-proto", "https"),
+    )
+    .await;
     assert_eq!(
         echoed_header(&echo, "x-forwarded-for"),
         Some("198.51.100.7, 127.0.0.1")
     );
     assert_eq!(echoed_header(&echo, "x-forwarded-proto"), Some("https"));
 
-    let echo: Value = c
-        .get(distrusting.url("/"))
-        .header("x-forwarded-for", "198.51.100.7")
-        .header("x-forwarded-proto", "https")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(
+        c.get(distrusting.url("/"))
+            .header("x-forwarded-for", "198.51.100.7")
+            .header("x-forwarded-proto", "https"),
+    )
+    .await;
     assert_eq!(
         echoed_header(&echo, "x-forwarded-for"),
         Some("127.0.0.1"),
@@ -425,26 +381,12 @@ async fn only_exact_gateway_paths_are_local() {
     let up = upstream().spawn().await;
     let gw = gateway().upstream(&up).spawn().await;
     let c = client();
-    let list: Value = c
-        .get(gw.url("/gateway/plugins"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = common::json(c.get(gw.url("/gateway/plugins"))).await;
     assert_eq!(
         list["enabled"], false,
         "answered locally: no plugin runtime here"
     );
-    let echo: Value = c
-        .get(gw.url("/gateway/pluginsfoo"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = common::json(c.get(gw.url("/gateway/pluginsfoo"))).await;
     assert_eq!(
         echo["uri"], "/gateway/pluginsfoo",
         "not a local endpoint: routed upstream"

@@ -26,36 +26,18 @@ async fn simulator_serves_jobs_and_chat_through_the_gateway_and_heartbeats_into_
     let gw = gateway().route("/", "fastapi", &[sim.url()]).spawn().await;
     let c = client();
 
-    let job: Value = c
-        .post(gw.url("/api/v1/jobs"))
-        .json(&json!({"prompt": "a cat"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job: Value = common::json(
+        c.post(gw.url("/api/v1/jobs"))
+            .json(&json!({"prompt": "a cat"})),
+    )
+    .await;
     let id = job["id"].as_str().unwrap().to_string();
     assert_eq!(job["status"], "queued");
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let done: Value = c
-        .get(gw.url(&format!("/api/v1/jobs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let done: Value = common::json(c.get(gw.url(&format!("/api/v1/jobs/{id}")))).await;
     assert_eq!(done["status"], "completed");
     for path in ["/api/v1/queue/stats", "/api/v1/jobs/stats/queue"] {
-        let stats: Value = c
-            .get(gw.url(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats: Value = common::json(c.get(gw.url(path))).await;
         assert_eq!(stats["completed"], 1, "{path}: {stats}");
     }
     let missing = c.get(gw.url("/api/v1/jobs/nope")).send().await.unwrap();
@@ -63,15 +45,7 @@ async fn simulator_serves_jobs_and_chat_through_the_gateway_and_heartbeats_into_
 
     let chat =
         json!({"model": "m", "messages": [{"role": "user", "content": "three word prompt"}]});
-    let full: Value = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let full: Value = common::json(c.post(gw.url("/v1/chat/completions")).json(&chat)).await;
     assert_eq!(full["usage"]["prompt_tokens"], 3);
     assert!(full["usage"]["completion_tokens"].as_u64().unwrap() > 0);
 
