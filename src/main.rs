@@ -178,25 +178,14 @@ async fn start_plugins(
     cfg: &wasmgate_config::PluginsConfig,
     key_prefix: &str,
 ) -> anyhow::Result<Option<std::sync::Arc<wasmgate_plugin_host::PluginRuntime>>> {
-    use std::path::{Path, PathBuf};
     if !cfg.enabled {
         return Ok(None);
     }
-    let dir = Path::new(&cfg.dir);
-    let cache = cfg
-        .cache_dir
-        .as_ref()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.join(".cache"));
-    let (services, _) = wasmgate_plugin_host::HostServices::in_memory(key_prefix);
-    let options = wasmgate_plugin_host::EngineOptions {
-        cache_dir: Some(cache),
-        ..Default::default()
-    };
-    let runtime = std::sync::Arc::new(wasmgate_plugin_host::PluginRuntime::new(options, services)?);
-    wasmgate_plugin_host::folder::load_and_watch(&runtime, dir)
+    let dir = std::path::Path::new(&cfg.dir);
+    let cache = cfg.cache_dir.as_ref().map(std::path::PathBuf::from);
+    let runtime = wasmgate_plugin_host::folder::start(dir, cache, key_prefix)
         .await
-        .map_err(|e| anyhow::anyhow!("plugin folder {}: {e}", dir.display()))?;
+        .map_err(anyhow::Error::msg)?;
     Ok(Some(runtime))
 }
 

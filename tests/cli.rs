@@ -142,16 +142,7 @@ async fn config_file_changes_go_live_and_bad_files_are_refused() {
         "{}",
         gw.log()
     );
-    assert_eq!(
-        c.get(gw.url("/b"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "b"
-    );
+    assert_eq!(common::text(c.get(gw.url("/b"))).await, "b");
 
     // A bad file: refused with the key and the file named; the old config keeps serving.
     std::fs::write(
@@ -169,26 +160,8 @@ async fn config_file_changes_go_live_and_bad_files_are_refused() {
         log.contains("server.bogus_key") && log.contains("wasmgate.toml"),
         "{log}"
     );
-    assert_eq!(
-        c.get(gw.url("/b"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "b"
-    );
-    assert_eq!(
-        c.get(gw.url("/a"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "a"
-    );
+    assert_eq!(common::text(c.get(gw.url("/b"))).await, "b");
+    assert_eq!(common::text(c.get(gw.url("/a"))).await, "a");
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -201,26 +174,11 @@ async fn sighup_reloads_the_environment_configuration() {
     std::fs::write(dir.join(".env"), env(&a.url())).unwrap();
     let gw = GatewayProcess::spawn(wasmgate_command(&dir));
     let c = client();
-    assert_eq!(
-        c.get(gw.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "a"
-    );
+    assert_eq!(common::text(c.get(gw.url("/"))).await, "a");
     std::fs::write(dir.join(".env"), env(&b.url())).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        c.get(gw.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
+        common::text(c.get(gw.url("/"))).await,
         "a",
         "env mode reloads on SIGHUP only"
     );
@@ -231,16 +189,7 @@ async fn sighup_reloads_the_environment_configuration() {
         "{}",
         gw.log()
     );
-    assert_eq!(
-        c.get(gw.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "b"
-    );
+    assert_eq!(common::text(c.get(gw.url("/"))).await, "b");
     std::fs::remove_dir_all(dir).ok();
 }
 

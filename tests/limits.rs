@@ -273,13 +273,6 @@ async fn request_timeout_cuts_slow_bodies_but_never_event_streams() {
     assert!(started.elapsed() < Duration::from_millis(1400));
 
     // 5 events over ~600 ms: longer than the 400 ms timeout, all delivered.
-    let text = c
-        .get(gw.url("/events"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::text(c.get(gw.url("/events"))).await;
     assert_eq!(text.matches("data: ").count(), 5, "{text}");
 }

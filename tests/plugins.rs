@@ -509,15 +509,7 @@ async fn body_phases_see_every_chunk_and_can_answer_or_transform() {
     let c = client();
 
     // Request chunks reach the plugin; the response is transformed chunk by chunk.
-    let text = c
-        .post(gw.url("/echo"))
-        .body("hello world")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::text(c.post(gw.url("/echo")).body("hello world")).await;
     assert!(text.contains(r#""BODY":"HELLO WORLD""#), "{text}");
     assert!(text.ends_with("|req=11|chunks=1"), "{text}");
     assert_eq!(

@@ -273,15 +273,7 @@ async fn round_robin_over_pooled_keep_alive_connections() {
     let c = client();
     let mut seen = String::new();
     for _ in 0..10 {
-        seen.push_str(
-            &c.get(gw.url("/"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        );
+        seen.push_str(&common::text(c.get(gw.url("/"))).await);
     }
     assert_eq!(seen, "ababababab");
     assert_eq!(a.request_count(), 5);
@@ -409,16 +401,7 @@ async fn reload_swaps_routes_and_keeps_in_flight_requests() {
     let mut cfg = gw.gateway().snapshot().config.as_ref().clone();
     cfg.upstreams.get_mut("default").unwrap().targets = vec![new.url()];
     gw.gateway().reload(cfg).unwrap();
-    assert_eq!(
-        c.get(gw.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "new"
-    );
+    assert_eq!(common::text(c.get(gw.url("/"))).await, "new");
     let resp = in_flight.await.unwrap().unwrap();
     assert_eq!(
         resp.status(),

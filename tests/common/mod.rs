@@ -169,3 +169,8 @@ pub fn tempdir(tag: &str) -> std::path::PathBuf {
 pub async fn json(req: reqwest::RequestBuilder) -> Value {
     req.send().await.unwrap().json().await.unwrap()
 }
+
+/// Sends a request and returns the answer's body as text.
+pub async fn text(req: reqwest::RequestBuilder) -> String {
+    req.send().await.unwrap().text().await.unwrap()
+}

@@ -3,9 +3,10 @@
 //! drops the session when the response body is done: `on-log` then runs off the request path
 //! and the instances go back to their pools.
 use http::HeaderMap;
+use wasmtime::Store;
 
-use crate::bindings::{Action, LocalResponse};
-use crate::host::RequestState;
+use crate::bindings::{Action, GatewayPlugin, LocalResponse};
+use crate::host::{HostState, RequestState};
 use crate::plugin::{CallFailure, LoadedPlugin};
 use crate::pool::Checkout;
 use crate::runtime::PluginList;
@@ -40,14 +41,6 @@ struct Slot {
     skipped: bool,
 }
 
-#[derive(Debug, Clone)]
-enum Phase {
-    RequestHeaders,
-    RequestBody(Vec<u8>, bool),
-    ResponseHeaders,
-    Log,
-}
-
 /// A request's plugins and the instances it holds.
 pub struct RequestSession {
     plugins: PluginList,
@@ -79,11 +72,6 @@ impl RequestSession {
         }
     }
 
-    /// Whether the session has no plugins.
-    pub fn is_empty(&self) -> bool {
-        self.plugins.is_empty()
-    }
-
     fn wants(&self, phase: impl Fn(&LoadedPlugin) -> bool) -> bool {
         self.plugins
             .iter()
@@ -108,7 +96,10 @@ impl RequestSession {
             if !self.plugins[i].phases.request_headers {
                 continue;
             }
-            match self.call(i, Phase::RequestHeaders).await? {
+            match self
+                .run(i, async |b, s| b.call_on_request_headers(s).await)
+                .await?
+            {
                 Some(Action::Continue) | None => {}
                 Some(Action::ContinueTo(target)) => hint = Some(target),
                 Some(Action::Respond(resp)) => return Ok(Decision::Respond(resp)),
@@ -130,8 +121,12 @@ impl RequestSession {
             if !self.plugins[i].phases.request_body {
                 continue;
             }
-            let phase = Phase::RequestBody(chunk.to_vec(), end_of_stream);
-            if let Some(Action::Respond(resp)) = self.call(i, phase).await? {
+            let answer = self
+                .run(i, async |b, s| {
+                    b.call_on_request_body(s, chunk, end_of_stream).await
+                })
+                .await?;
+            if let Some(Action::Respond(resp)) = answer {
                 return Ok(Some(resp));
             }
         }
@@ -152,7 +147,10 @@ impl RequestSession {
             if !self.plugins[i].phases.response_headers {
                 continue;
             }
-            if let Err(e) = self.call(i, Phase::ResponseHeaders).await {
+            if let Err(e) = self
+                .run(i, async |b, s| b.call_on_response_headers(s).await)
+                .await
+            {
                 result = Err(e);
                 break;
             }
@@ -173,97 +171,61 @@ impl RequestSession {
             if !self.plugins[i].phases.response_body {
                 continue;
             }
-            if let Some(out) = self.call_body(i, &chunk, end_of_stream).await? {
+            let out = self
+                .run(i, async |b, s| {
+                    b.call_on_response_body(s, &chunk, end_of_stream).await
+                })
+                .await?;
+            if let Some(out) = out {
                 chunk = out;
             }
         }
         Ok(chunk)
     }
 
-    /// Makes sure slot `i` holds an instance; `Ok(false)` when the plugin does not run here.
+    /// Makes sure slot `i` holds an instance; `Ok(false)` when the plugin does not run for
+    /// this request (the chain is already the route's, so only the tenant is checked here).
     async fn ready(&mut self, i: usize) -> Result<bool, PluginFailure> {
-        let plugin = &self.plugins[i];
-        let tenant = self.state.tenant().map(str::to_string);
-        let slot = &mut self.slots[i];
-        if slot.skipped
-            || !plugin
-                .settings
-                .applies(&self.state.route, tenant.as_deref())
-        {
+        let (plugin, slot) = (&self.plugins[i], &mut self.slots[i]);
+        let tenant = self.state.tenant();
+        if slot.skipped || !plugin.settings.serves_tenant(tenant) {
             return Ok(false);
         }
         if slot.checkout.is_none() {
-            match plugin.checkout(tenant.as_deref()).await {
+            match plugin.checkout(tenant).await {
                 Ok(c) => slot.checkout = Some(c),
                 Err(CallFailure::Inactive) => {
                     slot.skipped = true;
                     return Ok(false);
                 }
-                Err(failure) => return fail(plugin, slot, failure).map(|_| false),
+                Err(failure) => return fail(plugin, slot, failure).map(|()| false),
             }
         }
         Ok(true)
     }
 
-    /// One `on-response-body` call; `None` when the plugin was skipped (pass the chunk on).
-    async fn call_body(
+    /// Runs one export of plugin `i` for this request; `Ok(None)` when the plugin does not run
+    /// (or failed open).
+    async fn run<T>(
         &mut self,
         i: usize,
-        chunk: &[u8],
-        end_of_stream: bool,
-    ) -> Result<Option<Vec<u8>>, PluginFailure> {
+        export: impl AsyncFnOnce(&GatewayPlugin, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<Option<T>, PluginFailure> {
         if !self.ready(i).await? {
             return Ok(None);
         }
-        let plugin = &self.plugins[i];
-        let slot = &mut self.slots[i];
+        let (plugin, slot) = (&self.plugins[i], &mut self.slots[i]);
         let inst = slot
             .checkout
             .as_mut()
             .and_then(|c| c.inst.as_mut())
             .expect("ready");
-        let result = plugin
-            .call_with_state(inst, &mut self.state, async |b, s| {
-                b.call_on_response_body(s, chunk, end_of_stream).await
-            })
-            .await;
-        match result {
-            Ok(out) => Ok(Some(out)),
+        match plugin.call_with_state(inst, &mut self.state, export).await {
+            Ok(v) => Ok(Some(v)),
             Err(failure) => {
                 // The store is unusable after a trap: drop it (a new instance replaces it).
                 slot.checkout.take();
-                fail(plugin, slot, failure).map(|_| None)
-            }
-        }
-    }
-
-    async fn call(&mut self, i: usize, phase: Phase) -> Result<Option<Action>, PluginFailure> {
-        if !self.ready(i).await? {
-            return Ok(None);
-        }
-        let plugin = &self.plugins[i];
-        let slot = &mut self.slots[i];
-        let inst = slot
-            .checkout
-            .as_mut()
-            .and_then(|c| c.inst.as_mut())
-            .expect("ready");
-        let result = plugin
-            .call_with_state(inst, &mut self.state, async |b, s| match &phase {
-                Phase::RequestHeaders => b.call_on_request_headers(s).await.map(Some),
-                Phase::RequestBody(chunk, eos) => {
-                    b.call_on_request_body(s, chunk, *eos).await.map(Some)
-                }
-                Phase::ResponseHeaders => b.call_on_response_headers(s).await.map(Some),
-                Phase::Log => b.call_on_log(s).await.map(|()| None),
-            })
-            .await;
-        match result {
-            Ok(action) => Ok(action),
-            Err(failure) => {
-                // The store is unusable after a trap: drop it (a new instance replaces it).
-                slot.checkout.take();
-                fail(plugin, slot, failure)
+                fail(plugin, slot, failure).map(|()| None)
             }
         }
     }
@@ -273,7 +235,7 @@ impl RequestSession {
         self.logging = true;
         for i in 0..self.plugins.len() {
             if self.plugins[i].phases.log && self.slots[i].checkout.is_some() {
-                let _ = self.call(i, Phase::Log).await;
+                let _ = self.run(i, async |b, s| b.call_on_log(s).await).await;
             }
         }
         self.return_instances();
@@ -295,16 +257,13 @@ impl RequestSession {
     }
 }
 
-/// Applies the plugin's fail policy to a failed call.
-fn fail(
-    plugin: &LoadedPlugin,
-    slot: &mut Slot,
-    failure: CallFailure,
-) -> Result<Option<Action>, PluginFailure> {
+/// Applies the plugin's fail policy to a failed call: fail-open skips the plugin for the rest
+/// of the request, fail-closed fails the request.
+fn fail(plugin: &LoadedPlugin, slot: &mut Slot, failure: CallFailure) -> Result<(), PluginFailure> {
     match plugin.fail_policy() {
         FailPolicy::FailOpen => {
             slot.skipped = true;
-            Ok(None)
+            Ok(())
         }
         FailPolicy::FailClosed => Err(PluginFailure {
             plugin: plugin.name.clone(),

@@ -95,11 +95,9 @@ impl PluginSettings {
             || self.routes.iter().any(|r| r == route)
     }
 
-    /// Whether the plugin runs for this route and tenant.
-    pub fn applies(&self, route: &str, tenant: Option<&str>) -> bool {
-        self.runs_on(route)
-            && (self.tenants.is_empty()
-                || tenant.is_some_and(|t| self.tenants.iter().any(|x| x == t)))
+    /// Whether the plugin runs for a request of this tenant.
+    pub fn serves_tenant(&self, tenant: Option<&str>) -> bool {
+        self.tenants.is_empty() || tenant.is_some_and(|t| self.tenants.iter().any(|x| x == t))
     }
 }
 
@@ -212,7 +210,8 @@ mod tests {
         assert_eq!(s.fail_policy, FailPolicy::FailOpen);
         assert_eq!(s.memory_bytes, 8 << 20);
         assert_eq!(s.config_json, r#"{"name":"x-a"}"#);
-        assert!(s.applies("llm", None) && !s.applies("jobs", None));
+        assert!(s.runs_on("llm") && !s.runs_on("jobs"));
+        assert!(s.serves_tenant(None), "no tenant list: every request");
         assert!(parse_manifest("ordr = 1").unwrap_err().contains("ordr"));
         let s = parse_manifest("[config]\na = 1\nb = 2\n[routes_config.llm]\nb = 3\n").unwrap();
         assert_eq!(s.route_configs["llm"], r#"{"a":1,"b":3}"#);

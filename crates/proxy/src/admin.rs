@@ -11,10 +11,11 @@ use wasmgate_plugin_host::{LoadedPlugin, PluginRuntime};
 
 use crate::body::{full, ProxyBody};
 use crate::error::{error_response, ProxyError};
-use crate::handler::{health, HEALTH_PATH};
 use crate::headers::{request_id_str, X_REQUEST_ID};
-use crate::Gateway;
+use crate::{Gateway, VERSION};
 
+/// The health endpoint, answered before routing and before the in-flight cap.
+pub const HEALTH_PATH: &str = "/gateway/health";
 const PLUGINS_PATH: &str = "/gateway/plugins";
 
 /// Answers a local endpoint, or `None` to route the request.
@@ -25,7 +26,8 @@ pub(crate) async fn local<B>(
 ) -> Option<Response<ProxyBody>> {
     let path = req.uri().path();
     if path == HEALTH_PATH {
-        return Some(health(gw, request_id));
+        let body = json!({"status": "healthy", "version": VERSION, "uptime_s": gw.uptime_secs()});
+        return Some(json_response(StatusCode::OK, &body, request_id));
     }
     // On a segment boundary: `/gateway/pluginsX` is an ordinary routed path.
     let rest = path

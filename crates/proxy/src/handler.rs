@@ -16,12 +16,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use crate::body::{empty, full, BoxError, LimitedBody, ProxyBody, ResponseBody};
+use crate::body::{empty, BoxError, LimitedBody, ProxyBody, ResponseBody};
 use crate::error::{error_response, ProxyError, Result};
 use crate::headers::{self, remove_hop_by_hop, X_REQUEST_ID};
 use crate::limit::InFlightPermit;
@@ -30,13 +30,10 @@ use crate::plugin_body::{
 };
 use crate::plugins;
 use crate::trace_context::TraceParent;
-use crate::{Gateway, VERSION};
+use crate::Gateway;
 use wasmgate_plugin_host::{Decision, RequestSession};
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
-/// The health endpoint, answered before routing and before the in-flight cap.
-pub const HEALTH_PATH: &str = "/gateway/health";
 
 /// What the handler knows about the downstream connection.
 #[derive(Debug, Clone, Copy)]
@@ -306,24 +303,6 @@ async fn local_answer(
     let guard = (permits.0, permits.1, Some(session));
     let body = ResponseBody::new(body, None, guard).boxed_unsync();
     Ok(Response::from_parts(parts, body))
-}
-
-pub(crate) fn health(gw: &Gateway, request_id: &HeaderValue) -> Response<ProxyBody> {
-    let body = serde_json::json!({
-        "status": "healthy",
-        "version": VERSION,
-        "uptime_s": gw.uptime_secs(),
-    });
-    let mut resp = Response::new(full(body.to_string()));
-    *resp.status_mut() = StatusCode::OK;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(X_REQUEST_ID, request_id.clone());
-    resp
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

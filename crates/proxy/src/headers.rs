@@ -70,11 +70,6 @@ pub fn header_bytes(headers: &HeaderMap) -> usize {
         .sum()
 }
 
-/// Builds a header value from a string known to be valid (ids we generated, numbers).
-pub fn value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,23 +71,11 @@ impl GatewayBuilder {
         wasmgate_config::validate(&self.config, &wasmgate_config::ConfigSource::Environment)
             .expect("test gateway config is valid");
         let plugins = match &self.plugins_dir {
-            Some(dir) => {
-                let (services, _) = wasmgate_plugin_host::HostServices::in_memory("gateway:");
-                // Compiled code cached beside the plugins, as the binary does: reloads of an
-                // unchanged file only deserialize.
-                let options = wasmgate_plugin_host::EngineOptions {
-                    cache_dir: Some(dir.join(".cache")),
-                    ..Default::default()
-                };
-                let rt = std::sync::Arc::new(
-                    wasmgate_plugin_host::PluginRuntime::new(options, services)
-                        .expect("plugin runtime"),
-                );
-                wasmgate_plugin_host::folder::load_and_watch(&rt, dir)
+            Some(dir) => Some(
+                wasmgate_plugin_host::folder::start(dir, None, "gateway:")
                     .await
-                    .expect("plugin folder");
-                Some(rt)
-            }
+                    .expect("plugin runtime"),
+            ),
             None => None,
         };
         let gateway = Gateway::with_plugins(self.config, plugins).expect("gateway builds");
