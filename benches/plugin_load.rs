@@ -34,7 +34,7 @@ fn gateway(name: &str, upstream: SocketAddr, plugins: Option<PathBuf>) -> Socket
 
 fn main() {
     let secs = env_or("BENCH_SECONDS", 3);
-    let rounds = env_or("BENCH_ROUNDS", 5) as usize;
+    let rounds = env_or("BENCH_ROUNDS", 9) as usize;
     let conns = env_or("BENCH_CONNECTIONS", 32) as usize;
     let dir = std::env::temp_dir().join(format!("wasmgate-bench-plugins-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -3,7 +3,7 @@
 //! in one run. Rounds are interleaved and the median round is reported, as ratios, because the
 //! machine is shared and noisy. Not a test: it prints figures for docs/performance.md.
 //!
-//! Knobs: BENCH_SECONDS (per round, default 5), BENCH_ROUNDS (default 3),
+//! Knobs: BENCH_SECONDS (per round, default 3), BENCH_ROUNDS (default 9),
 //! BENCH_CONNECTIONS (default 32).
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,7 +30,7 @@ fn median(mut v: Vec<LoadResult>) -> LoadResult {
 fn main() {
     // `cargo bench` passes --bench; accept and ignore harness flags.
     let secs = env_or("BENCH_SECONDS", 3);
-    let rounds = env_or("BENCH_ROUNDS", 5) as usize;
+    let rounds = env_or("BENCH_ROUNDS", 9) as usize;
     let conns = env_or("BENCH_CONNECTIONS", 32) as usize;
     let duration = Duration::from_secs(secs);
 
