@@ -176,14 +176,14 @@ fn init_logging(cfg: &wasmgate_config::LogConfig) {
 /// Starts the plugin runtime and loads (and watches) the plugin folder, unless plugins are off.
 async fn start_plugins(
     cfg: &wasmgate_config::PluginsConfig,
-    key_prefix: &str,
+    services: std::sync::Arc<wasmgate_plugin_host::HostServices>,
 ) -> anyhow::Result<Option<std::sync::Arc<wasmgate_plugin_host::PluginRuntime>>> {
     if !cfg.enabled {
         return Ok(None);
     }
     let dir = std::path::Path::new(&cfg.dir);
     let cache = cfg.cache_dir.as_ref().map(std::path::PathBuf::from);
-    let runtime = wasmgate_plugin_host::folder::start(dir, cache, key_prefix)
+    let runtime = wasmgate_plugin_host::folder::start(dir, cache, services)
         .await
         .map_err(anyhow::Error::msg)?;
     Ok(Some(runtime))
@@ -204,8 +204,14 @@ fn run(loader: ConfigLoader, config: wasmgate_config::Config) -> anyhow::Result<
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let plugins = start_plugins(&config.plugins, &config.redis.key_prefix).await?;
-        let gateway = wasmgate_proxy::Gateway::with_plugins(config, plugins)?;
+        let state = wasmgate_state::open_state(&config)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(backend = state.store.kind(), "state store ready");
+        let services =
+            wasmgate_plugin_host::HostServices::from_state(&state, &config.redis.key_prefix);
+        let plugins = start_plugins(&config.plugins, services.clone()).await?;
+        let gateway = wasmgate_proxy::Gateway::with_state(config, plugins, services)?;
         let server = wasmgate_proxy::Server::bind(&gateway).await?;
         tracing::info!(
             address = %server.local_addr(),

@@ -89,6 +89,7 @@ fn main() {
         ("TP_CHAIN_PROBE", "tp-chain-probe"),
         ("TP_BENCH", "tp-bench"),
         ("TP_BODY", "tp-body"),
+        ("TP_WINDOW", "tp-window"),
     ] {
         let file = out_dir.join(format!("{}.wasm", krate.replace('-', "_")));
         assert!(file.exists(), "{} was not built", file.display());

@@ -39,6 +39,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The router built-in.
     pub router: RouterConfig,
+    /// The GPU worker registry (read from Redis heartbeats).
+    pub workers: WorkersConfig,
     /// The cors built-in.
     pub cors: CorsConfig,
     /// The request-signing built-in.
@@ -186,8 +188,14 @@ pub struct RedisConfig {
     pub db: u8,
     /// Prefix of every key the gateway writes (`REDIS_KEY_PREFIX`).
     pub key_prefix: String,
-    /// Timeout of every Redis command, in ms.
+    /// Timeout of every Redis command, in ms. While Redis is known to be down, operations fail
+    /// at once instead of waiting this long.
     pub command_timeout_ms: u64,
+    /// Connections in the pool (commands are pipelined on each).
+    pub pool_size: usize,
+    /// Keys the embedded in-memory store holds at most (used when `url` is unset); past it,
+    /// expired keys and then the least recently used are evicted.
+    pub memory_max_keys: usize,
 }
 
 impl Default for RedisConfig {
@@ -197,7 +205,9 @@ impl Default for RedisConfig {
             password: None,
             db: 0,
             key_prefix: "gateway:".into(),
-            command_timeout_ms: 1_000,
+            command_timeout_ms: 200,
+            pool_size: 4,
+            memory_max_keys: 100_000,
         }
     }
 }
@@ -437,6 +447,30 @@ impl Default for RouterConfig {
         RouterConfig {
             strategy: RouterStrategy::RoundRobin,
             health_check_interval_ms: 10_000,
+        }
+    }
+}
+
+/// `[workers]`: the registry of GPU workers built from what they write to Redis
+/// (`worker:{id}:status`, `:gpu`, `:heartbeat`), refreshed every
+/// `router.health_check_interval_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Path of the worker list endpoint; empty disables it.
+    pub endpoint: String,
+    /// A worker is active while its heartbeat is younger than this, in ms.
+    pub max_heartbeat_age_ms: u64,
+    /// Prefix of the keys workers write (`worker:`). Read only: the gateway never writes it.
+    pub key_prefix: String,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            endpoint: "/api/v1/workers".into(),
+            max_heartbeat_age_ms: 30_000,
+            key_prefix: "worker:".into(),
         }
     }
 }

@@ -128,14 +128,15 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
             "rediss://",
             "redis-sentinel://",
             "redis-cluster://",
-            "unix://",
+            "rediss-sentinel://",
+            "rediss-cluster://",
         ]
         .iter()
         .any(|s| url.starts_with(s));
         if !ok {
             return err(
                 "redis.url".into(),
-                "must start with redis://, rediss://, redis-sentinel://, redis-cluster:// or unix://"
+                "must start with redis://, rediss://, redis-sentinel://, redis-cluster:// (or rediss-sentinel://, rediss-cluster:// for TLS)"
                     .into(),
             );
         }
@@ -143,6 +144,30 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
     if c.redis.command_timeout_ms == 0 {
         return err(
             "redis.command_timeout_ms".into(),
+            "must be greater than 0".into(),
+        );
+    }
+    if c.redis.pool_size == 0 {
+        return err("redis.pool_size".into(), "must be at least 1".into());
+    }
+    if c.redis.memory_max_keys == 0 {
+        return err("redis.memory_max_keys".into(), "must be at least 1".into());
+    }
+    if !c.workers.endpoint.is_empty() && !c.workers.endpoint.starts_with('/') {
+        return err(
+            "workers.endpoint".into(),
+            "must start with `/` (or be empty to disable the endpoint)".into(),
+        );
+    }
+    if c.workers.max_heartbeat_age_ms == 0 {
+        return err(
+            "workers.max_heartbeat_age_ms".into(),
+            "must be greater than 0".into(),
+        );
+    }
+    if c.router.health_check_interval_ms == 0 {
+        return err(
+            "router.health_check_interval_ms".into(),
             "must be greater than 0".into(),
         );
     }

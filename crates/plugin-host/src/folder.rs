@@ -15,15 +15,14 @@ pub const DEBOUNCE: Duration = Duration::from_millis(150);
 /// ...but a steady stream of changes still rescans this long after its first event.
 pub const MAX_DELAY: Duration = Duration::from_millis(300);
 
-/// Starts a plugin runtime the way the gateway runs it: in-memory host services with
-/// `key_prefix`, compiled code cached in `cache_dir` (default `<dir>/.cache`), and `dir` loaded
-/// and watched.
+/// Starts a plugin runtime the way the gateway runs it: the given host services (state store,
+/// worker registry), compiled code cached in `cache_dir` (default `<dir>/.cache`), and `dir`
+/// loaded and watched.
 pub async fn start(
     dir: &Path,
     cache_dir: Option<PathBuf>,
-    key_prefix: &str,
+    services: Arc<crate::HostServices>,
 ) -> Result<Arc<PluginRuntime>, String> {
-    let (services, _) = crate::HostServices::in_memory(key_prefix);
     let options = crate::EngineOptions {
         cache_dir: Some(cache_dir.unwrap_or_else(|| dir.join(".cache"))),
         ..Default::default()

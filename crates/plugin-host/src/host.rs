@@ -14,7 +14,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::wasmgate::plugin::{clock, crypto, kv, log, metrics, request, types, workers};
 use crate::bindings::{GatewayPlugin, Header};
-use crate::services::{HostServices, KvError as StoreKvError};
+use crate::services::HostServices;
+use std::time::Duration;
+use wasmgate_state::{Store, StoreError};
 
 /// The request (and response) an instance is serving. Fields are cheap clones of what the
 /// proxy already has (no formatting, no copies); the `request` imports format on demand.
@@ -60,18 +62,28 @@ pub struct Grants {
     pub workers: bool,
     /// `metrics` granted.
     pub metrics: bool,
-    /// Prefix of every key this instance touches.
+    /// Prefix of every key this instance writes (its namespace).
     pub kv_prefix: String,
+    /// Absolute keys outside the namespace it may read (`kv_read` patterns).
+    pub kv_read: Vec<String>,
 }
 
 impl Grants {
-    /// Builds the grants and the key namespace: `<prefix><plugin>:` or
-    /// `<prefix>t:<tenant>:<plugin>:`.
-    pub fn new(plugin: &str, tenant: Option<&str>, key_prefix: &str, caps: &[String]) -> Grants {
+    /// Builds the grants and the key namespace: `<prefix><namespace>:` or
+    /// `<prefix>t:<tenant>:<namespace>:` (the namespace is the plugin's name unless its
+    /// manifest sets one).
+    pub fn new(
+        plugin: &str,
+        tenant: Option<&str>,
+        key_prefix: &str,
+        caps: &[String],
+        settings: &crate::PluginSettings,
+    ) -> Grants {
         let has = |c: &str| caps.iter().any(|x| x == c);
+        let ns = settings.namespace.as_deref().unwrap_or(plugin);
         let kv_prefix = match tenant {
-            Some(t) => format!("{key_prefix}t:{t}:{plugin}:"),
-            None => format!("{key_prefix}{plugin}:"),
+            Some(t) => format!("{key_prefix}t:{t}:{ns}:"),
+            None => format!("{key_prefix}{ns}:"),
         };
         Grants {
             plugin: plugin.to_string(),
@@ -80,6 +92,7 @@ impl Grants {
             workers: has("workers"),
             metrics: has("metrics"),
             kv_prefix,
+            kv_read: settings.kv_read.clone(),
         }
     }
 }
@@ -138,6 +151,9 @@ pub struct HostState {
     /// The request being served (empty between requests).
     pub req: Box<RequestState>,
     services: Arc<HostServices>,
+    /// Time spent waiting on the state store since the call began: it does not count
+    /// against the CPU budget (the epoch deadline is extended by it).
+    pub io_wait: std::time::Duration,
 }
 
 impl HostState {
@@ -165,6 +181,7 @@ impl HostState {
             grants,
             req: Box::default(),
             services,
+            io_wait: std::time::Duration::ZERO,
         }
     }
 }
@@ -281,30 +298,80 @@ impl request::Host for HostState {
 /// Longest key (relative) a plugin may use.
 const MAX_KEY_LEN: usize = 512;
 
+fn check_key(key: &str) -> Result<(), kv::KvError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(char::is_control) {
+        return Err(kv::KvError::Denied(format!(
+            "keys must be 1-{MAX_KEY_LEN} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
 impl HostState {
+    fn kv_granted(&self) -> Result<(), kv::KvError> {
+        if self.grants.kv {
+            Ok(())
+        } else {
+            Err(kv::KvError::Denied("capability `kv` not granted".into()))
+        }
+    }
+
+    /// The namespaced key.
     fn kv_key(&self, key: &str) -> Result<String, kv::KvError> {
-        if !self.grants.kv {
-            return Err(kv::KvError::Denied("capability `kv` not granted".into()));
-        }
-        if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(char::is_control) {
-            return Err(kv::KvError::Denied(format!(
-                "keys must be 1-{MAX_KEY_LEN} bytes without control characters"
-            )));
-        }
+        self.kv_granted()?;
+        check_key(key)?;
         Ok(format!("{}{key}", self.grants.kv_prefix))
+    }
+
+    /// An absolute key outside the namespace, for reading only.
+    fn shared_key<'k>(&self, key: &'k str) -> Result<&'k str, kv::KvError> {
+        self.kv_granted()?;
+        check_key(key)?;
+        if crate::settings::read_allowed(&self.grants.kv_read, key) {
+            Ok(key)
+        } else {
+            Err(kv::KvError::Denied(format!(
+                "reading `{key}` is not granted (the manifest's kv_read)"
+            )))
+        }
+    }
+
+    /// The store (a cheap clone, so a call's future does not borrow the state).
+    fn kv_store(&self) -> Arc<dyn Store> {
+        self.services.store.clone()
+    }
+
+    /// Awaits a store call, crediting the wait to the CPU budget.
+    async fn timed<T>(
+        &mut self,
+        call: impl std::future::Future<Output = wasmgate_state::StoreResult<T>>,
+    ) -> Result<T, kv::KvError> {
+        let started = std::time::Instant::now();
+        let r = call.await;
+        self.io_wait += started.elapsed();
+        r.map_err(|e| match e {
+            StoreError::Unavailable(m) => kv::KvError::Unavailable(m),
+            StoreError::Refused(m) => kv::KvError::Refused(m),
+        })
     }
 }
 
-fn kv_err(e: StoreKvError) -> kv::KvError {
-    match e {
-        StoreKvError::Unavailable(m) => kv::KvError::Unavailable(m),
+fn ttl(ms: Option<u64>) -> Option<Duration> {
+    ms.map(Duration::from_millis)
+}
+
+fn window(w: wasmgate_state::WindowHit) -> kv::Window {
+    kv::Window {
+        allowed: w.allowed,
+        remaining: w.remaining,
+        reset_after_ms: w.reset_after_ms,
     }
 }
 
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
-        let key = self.kv_key(&key)?;
-        self.services.kv.get(&key).await.map_err(kv_err)
+        let (key, s) = (self.kv_key(&key)?, self.kv_store());
+        self.timed(s.get(&key)).await
     }
     async fn set(
         &mut self,
@@ -312,12 +379,8 @@ impl kv::Host for HostState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<(), kv::KvError> {
-        let key = self.kv_key(&key)?;
-        self.services
-            .kv
-            .set(&key, value, ttl_ms)
-            .await
-            .map_err(kv_err)
+        let (key, s) = (self.kv_key(&key)?, self.kv_store());
+        self.timed(s.set(&key, value, ttl(ttl_ms))).await
     }
     async fn incr(
         &mut self,
@@ -325,16 +388,12 @@ impl kv::Host for HostState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, kv::KvError> {
-        let key = self.kv_key(&key)?;
-        self.services
-            .kv
-            .incr(&key, delta, ttl_ms)
-            .await
-            .map_err(kv_err)
+        let (key, s) = (self.kv_key(&key)?, self.kv_store());
+        self.timed(s.incr(&key, delta, ttl(ttl_ms))).await
     }
     async fn delete(&mut self, key: String) -> Result<bool, kv::KvError> {
-        let key = self.kv_key(&key)?;
-        self.services.kv.delete(&key).await.map_err(kv_err)
+        let (key, s) = (self.kv_key(&key)?, self.kv_store());
+        self.timed(s.delete(&key)).await
     }
     async fn window_hit(
         &mut self,
@@ -342,18 +401,68 @@ impl kv::Host for HostState {
         limit: u64,
         window_ms: u64,
     ) -> Result<kv::Window, kv::KvError> {
-        let key = self.kv_key(&key)?;
-        let w = self
-            .services
-            .kv
-            .window_hit(&key, limit, window_ms)
+        let (key, s) = (self.kv_key(&key)?, self.kv_store());
+        let w = Duration::from_millis(window_ms.max(1));
+        Ok(window(self.timed(s.sliding_window_hit(&key, limit, w)).await?))
+    }
+    async fn fixed_window_hit(
+        &mut self,
+        key: String,
+        limit: u64,
+        window_ms: u64,
+    ) -> Result<kv::Window, kv::KvError> {
+        let (key, s) = (self.kv_key(&key)?, self.kv_store());
+        let w = Duration::from_millis(window_ms.max(1));
+        Ok(window(self.timed(s.fixed_window_hit(&key, limit, w)).await?))
+    }
+    async fn set_add(&mut self, key: String, member: String) -> Result<bool, kv::KvError> {
+        let (key, s) = (self.kv_key(&key)?, self.kv_store());
+        self.timed(s.set_add(&key, &member)).await
+    }
+    async fn set_remove(&mut self, key: String, member: String) -> Result<bool, kv::KvError> {
+        let (key, s) = (self.kv_key(&key)?, self.kv_store());
+        self.timed(s.set_remove(&key, &member)).await
+    }
+    async fn set_members(&mut self, key: String) -> Result<Vec<String>, kv::KvError> {
+        let (key, s) = (self.kv_key(&key)?, self.kv_store());
+        self.timed(s.set_members(&key)).await
+    }
+    async fn set_card(&mut self, key: String) -> Result<u64, kv::KvError> {
+        let (key, s) = (self.kv_key(&key)?, self.kv_store());
+        self.timed(s.set_card(&key)).await
+    }
+    async fn set_contains(&mut self, key: String, member: String) -> Result<bool, kv::KvError> {
+        let (key, s) = (self.kv_key(&key)?, self.kv_store());
+        self.timed(s.set_contains(&key, &member)).await
+    }
+    async fn put_indexed(
+        &mut self,
+        index: String,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: u64,
+        max_entries: u64,
+    ) -> Result<u64, kv::KvError> {
+        let (index, s) = (self.kv_key(&index)?, self.kv_store());
+        check_key(&key)?;
+        let prefix = self.grants.kv_prefix.clone();
+        let ttl = Duration::from_millis(ttl_ms.max(1));
+        self.timed(s.put_indexed(&index, &prefix, &key, value, ttl, max_entries))
             .await
-            .map_err(kv_err)?;
-        Ok(kv::Window {
-            allowed: w.allowed,
-            remaining: w.remaining,
-            reset_after_ms: w.reset_after_ms,
-        })
+    }
+    async fn shared_get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
+        let s = self.kv_store();
+        let key = self.shared_key(&key)?;
+        self.timed(s.get(key)).await
+    }
+    async fn shared_set_contains(
+        &mut self,
+        key: String,
+        member: String,
+    ) -> Result<bool, kv::KvError> {
+        let s = self.kv_store();
+        let key = self.shared_key(&key)?;
+        self.timed(s.set_contains(key, &member)).await
     }
 }
 
@@ -393,7 +502,7 @@ impl workers::Host for HostState {
                 id: w.id,
                 status: w.status,
                 region: w.region,
-                gpu_json: w.gpu_json,
+                gpu_json: w.gpu.map(|g| g.to_string()),
                 heartbeat_age_ms: w.heartbeat_age_ms,
             })
             .collect()

@@ -38,7 +38,8 @@ pub use engine::{EngineOptions, PluginEngine};
 pub use host::RequestState;
 pub use plugin::{CallFailure, LoadedPlugin, PluginSource, PluginState};
 pub use runtime::{PluginChain, PluginRuntime, Refusal};
-pub use services::{HostServices, MemoryKv};
+pub use services::HostServices;
+pub use wasmgate_state::{self as state, MemoryStore, Store};
 pub use session::{Decision, PluginFailure, RequestSession};
 pub use settings::{FailPolicy, PluginSettings};
 

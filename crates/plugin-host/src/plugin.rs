@@ -261,6 +261,7 @@ impl LoadedPlugin {
             None,
             &plugin.services.key_prefix,
             &plugin.granted,
+            &plugin.settings,
         ));
         let pool = plugin.pool(None);
         assert!(pool.reserve(usize::MAX));
@@ -326,6 +327,7 @@ impl LoadedPlugin {
             tenant,
             &self.services.key_prefix,
             &self.granted,
+            &self.settings,
         ));
         let mut store = Store::new(
             &self.engine,
@@ -333,6 +335,17 @@ impl LoadedPlugin {
         );
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.budget_ticks() * 10); // instantiation + init get 10 budgets
+        // At the deadline, time spent waiting on the state store is given back: the budget
+        // bounds the plugin's own work, not a slow Redis (whose calls have their own timeout).
+        store.epoch_deadline_callback(|mut ctx| {
+            let waited = std::mem::take(&mut ctx.data_mut().io_wait);
+            let ticks = (waited.as_micros() as u64).div_ceil(EPOCH_TICK.as_micros() as u64);
+            Ok(if ticks > 0 {
+                wasmtime::UpdateDeadline::Continue(ticks)
+            } else {
+                wasmtime::UpdateDeadline::Interrupt
+            })
+        });
         let bindings = self
             .pre
             .instantiate_async(&mut store)
@@ -422,6 +435,7 @@ impl LoadedPlugin {
     /// Prepares a call: the CPU deadline.
     pub(crate) fn arm(&self, inst: &mut Pooled) {
         inst.store.set_epoch_deadline(self.budget_ticks());
+        inst.store.data_mut().io_wait = std::time::Duration::ZERO;
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -29,6 +29,11 @@ pub struct PluginSettings {
     pub disable_after_traps: u32,
     /// Capabilities the operator allows.
     pub grants: Vec<String>,
+    /// The key namespace (`gateway:<namespace>:`); `None` = the plugin's name.
+    pub namespace: Option<String>,
+    /// Absolute keys outside the namespace the plugin may read (`shared-*` imports):
+    /// exact keys, or prefixes ending in `*` (`queue:*`). Never writable.
+    pub kv_read: Vec<String>,
     /// The configuration passed to `init`, as JSON.
     #[serde(skip)]
     pub config_json: String,
@@ -59,6 +64,8 @@ impl Default for PluginSettings {
             max_uses: 10_000,
             disable_after_traps: 5,
             grants: Vec::new(),
+            namespace: None,
+            kv_read: Vec::new(),
             config_json: "{}".into(),
             order: 0,
             routes: Vec::new(),
@@ -123,6 +130,9 @@ struct Manifest {
     tenants: Vec<String>,
     #[serde(default)]
     grant: Vec<String>,
+    namespace: Option<String>,
+    #[serde(default)]
+    kv_read: Vec<String>,
     fail_policy: Option<FailPolicy>,
     enabled: Option<bool>,
     #[serde(default)]
@@ -141,6 +151,15 @@ pub fn parse_manifest(text: &str) -> Result<PluginSettings, String> {
                 "grant: unknown capability `{g}` (kv, workers, metrics)"
             ));
         }
+    }
+    if let Some(ns) = &m.namespace {
+        valid_namespace(ns).map_err(|e| format!("namespace: {e}"))?;
+    }
+    for p in &m.kv_read {
+        valid_read_pattern(p).map_err(|e| format!("kv_read: {e}"))?;
+    }
+    if !m.kv_read.is_empty() && !m.grant.iter().any(|g| g == "kv") {
+        return Err("kv_read: needs the `kv` grant too (grant = [\"kv\"])".into());
     }
     let d = PluginSettings::default();
     let base = m.config.clone().unwrap_or_default();
@@ -168,6 +187,8 @@ pub fn parse_manifest(text: &str) -> Result<PluginSettings, String> {
             .disable_after_traps
             .unwrap_or(d.disable_after_traps),
         grants: m.grant,
+        namespace: m.namespace,
+        kv_read: m.kv_read,
         config_json: match m.config {
             Some(t) => serde_json::to_string(&t).map_err(|e| format!("config: {e}"))?,
             None => "{}".into(),
@@ -184,6 +205,46 @@ pub fn parse_manifest(text: &str) -> Result<PluginSettings, String> {
         return Err("budget: cpu_ms, memory_mb and max_instances must be greater than 0".into());
     }
     Ok(s)
+}
+
+/// A namespace: 1-64 of `[a-z0-9_-]`, so it can neither contain `:` nor climb out of
+/// `gateway:`.
+pub fn valid_namespace(ns: &str) -> Result<(), String> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 64
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{ns}` must be 1-64 characters of a-z, 0-9, `-` and `_`"
+        ))
+    }
+}
+
+/// A read pattern: an exact key or a prefix ending in `*`, with no other glob characters,
+/// and not `*` alone (that would be every key).
+fn valid_read_pattern(p: &str) -> Result<(), String> {
+    let body = p.strip_suffix('*').unwrap_or(p);
+    if body.is_empty() {
+        return Err(format!("`{p}` would allow every key: name a prefix, like `queue:*`"));
+    }
+    if body.contains(['*', '?', '[', ']']) || body.chars().any(char::is_control) {
+        return Err(format!(
+            "`{p}`: only a trailing `*` is allowed (an exact key or a prefix)"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `key` matches one of the `kv_read` patterns.
+pub fn read_allowed(patterns: &[String], key: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => key.starts_with(prefix),
+        None => key == p,
+    })
 }
 
 #[cfg(test)]
@@ -224,5 +285,29 @@ mod tests {
         assert!(parse_manifest("grant = [\"fs\"]")
             .unwrap_err()
             .contains("fs"));
+    }
+
+    #[test]
+    fn namespaces_and_read_grants_are_checked() {
+        let s = parse_manifest(
+            "grant = [\"kv\"]\nnamespace = \"ratelimit\"\nkv_read = [\"worker:*\", \"queue:stats\"]",
+        )
+        .unwrap();
+        assert_eq!(s.namespace.as_deref(), Some("ratelimit"));
+        assert!(read_allowed(&s.kv_read, "worker:w1:status"));
+        assert!(read_allowed(&s.kv_read, "queue:stats"));
+        assert!(!read_allowed(&s.kv_read, "queue:stats2"));
+        assert!(!read_allowed(&s.kv_read, "gateway:auth:keys"));
+        for bad in ["namespace = \"a:b\"", "namespace = \"../x\"", "namespace = \"\""] {
+            let e = parse_manifest(&format!("grant = [\"kv\"]\n{bad}")).unwrap_err();
+            assert!(e.contains("namespace"), "{bad}: {e}");
+        }
+        for bad in ["*", "wor*ker:*", "queue:?"] {
+            let e = parse_manifest(&format!("grant = [\"kv\"]\nkv_read = [\"{bad}\"]"))
+                .unwrap_err();
+            assert!(e.contains("kv_read"), "{bad}: {e}");
+        }
+        let e = parse_manifest("kv_read = [\"queue:*\"]").unwrap_err();
+        assert!(e.contains("needs the `kv` grant"), "{e}");
     }
 }

@@ -3,11 +3,11 @@ use std::sync::Arc;
 
 use wasmgate_plugin_host::guests;
 use wasmgate_plugin_host::{
-    CallFailure, Decision, EngineOptions, FailPolicy, HostServices, MemoryKv, PluginError,
+    CallFailure, Decision, EngineOptions, FailPolicy, HostServices, MemoryStore, PluginError,
     PluginRuntime, PluginSettings, PluginSource, PluginState, RequestState,
 };
 
-fn runtime() -> (PluginRuntime, Arc<MemoryKv>) {
+fn runtime() -> (PluginRuntime, Arc<MemoryStore>) {
     let (services, kv) = HostServices::in_memory("gateway:");
     (
         PluginRuntime::new(EngineOptions::default(), services).unwrap(),

@@ -26,8 +26,7 @@ pub(crate) async fn local<B>(
 ) -> Option<Response<ProxyBody>> {
     let path = req.uri().path();
     if path == HEALTH_PATH {
-        let body = json!({"status": "healthy", "version": VERSION, "uptime_s": gw.uptime_secs()});
-        return Some(json_response(StatusCode::OK, &body, request_id));
+        return Some(json_response(StatusCode::OK, &health(gw), request_id));
     }
     // On a segment boundary: `/gateway/pluginsX` is an ordinary routed path.
     let rest = path
@@ -83,6 +82,31 @@ async fn plugins_endpoint<B>(
         }
         _ => Err(ProxyError::MethodNotAllowed),
     }
+}
+
+/// `degraded` (still 200: the gateway serves, under each plugin's fail policy) while the state
+/// store is down, with the reason under `checks.state`.
+fn health(gw: &Gateway) -> Value {
+    let services = gw.services();
+    let store = services.store.health();
+    let workers = &services.workers;
+    let status = if store.is_up() { "healthy" } else { "degraded" };
+    let mut state = serde_json::to_value(&store).unwrap_or_default();
+    if !store.is_up() {
+        state["impact"] = json!("plugins get `unavailable` from kv calls and apply their fail policy (rate limits fail open, caches bypass)");
+    }
+    json!({
+        "status": status,
+        "version": VERSION,
+        "uptime_s": gw.uptime_secs(),
+        "checks": {
+            "state": state,
+            "workers": {
+                "active": workers.active().len(),
+                "last_refresh_error": workers.last_error(),
+            },
+        },
+    })
 }
 
 /// Checks the admin bearer token in constant time.
@@ -151,7 +175,7 @@ fn describe(p: &LoadedPlugin) -> Value {
     })
 }
 
-fn json_response(status: StatusCode, v: &Value, request_id: &HeaderValue) -> Response<ProxyBody> {
+pub(crate) fn json_response(status: StatusCode, v: &Value, request_id: &HeaderValue) -> Response<ProxyBody> {
     let mut resp = Response::new(full(Bytes::from(v.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

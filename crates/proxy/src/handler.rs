@@ -93,6 +93,10 @@ where
     }
 
     let path = req.uri().path();
+    let workers_path = snap.config.workers.endpoint.as_str();
+    if !workers_path.is_empty() && path == workers_path {
+        return workers_endpoint(gw, req, conn, request_id, global_permit).await;
+    }
     let (route, upstream) = snap.route(path).ok_or(ProxyError::RouteNotFound)?;
     let upstream_permit = match &upstream.limit {
         Some(limit) => Some(
@@ -133,7 +137,7 @@ where
                 }
                 Ok(Decision::Respond(local)) => {
                     let permits = (global_permit, upstream_permit);
-                    return local_answer(Session::Owned(s), local, request_id, permits).await;
+                    return local_answer(Some(Session::Owned(s)), local, request_id, permits).await;
                 }
                 Ok(Decision::Continue { upstream_hint }) => hint = upstream_hint,
             }
@@ -202,7 +206,8 @@ where
         if let Some(v) = verdict.as_ref().and_then(|v| v.lock().unwrap().take()) {
             return match (v, session) {
                 (BodyVerdict::Respond(local), Some(s)) => {
-                    local_answer(s, local, request_id, (global_permit, upstream_permit)).await
+                    local_answer(Some(s), local, request_id, (global_permit, upstream_permit))
+                        .await
                 }
                 (BodyVerdict::Failed(f), _) => Err(ProxyError::Plugin(f.plugin)),
                 (BodyVerdict::Respond(_), None) => Err(ProxyError::Plugin("(unknown)".into())),
@@ -287,22 +292,80 @@ impl Session {
     }
 }
 
-/// A plugin answered: run the response phase on its answer, then send it.
+/// A local answer (a plugin's, or the gateway's own on a local route): run the response phase
+/// on it, then send it.
 async fn local_answer(
-    mut session: Session,
+    mut session: Option<Session>,
     local: wasmgate_plugin_host::bindings::LocalResponse,
     request_id: &HeaderValue,
     permits: (Option<InFlightPermit>, Option<InFlightPermit>),
 ) -> Result<Response<ProxyBody>> {
     let (mut parts, body) = plugins::local_response(local).into_parts();
-    session
-        .response_headers(parts.status.as_u16(), &mut parts.headers)
-        .await
-        .map_err(|f| ProxyError::Plugin(f.plugin))?;
+    if let Some(session) = session.as_mut() {
+        session
+            .response_headers(parts.status.as_u16(), &mut parts.headers)
+            .await
+            .map_err(|f| ProxyError::Plugin(f.plugin))?;
+    }
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    let guard = (permits.0, permits.1, Some(session));
+    let guard = (permits.0, permits.1, session);
     let body = ResponseBody::new(body, None, guard).boxed_unsync();
     Ok(Response::from_parts(parts, body))
+}
+
+/// The route name plugins see on the worker list endpoint.
+pub const WORKERS_ROUTE: &str = "workers";
+
+/// `GET` the worker list (`workers.endpoint`, `/api/v1/workers` by default): the active GPU
+/// workers from the registry. It is a local route named `workers`: the plugins of every route
+/// (auth, rate limits) run on it as on any other, then the gateway answers instead of an
+/// upstream.
+async fn workers_endpoint<B>(
+    gw: &Gateway,
+    req: Request<B>,
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+    permit: Option<InFlightPermit>,
+) -> Result<Response<ProxyBody>> {
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let (mut parts, _body) = req.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    let mut session = None;
+    if let Some(runtime) = gw.plugins() {
+        let route: Arc<str> = Arc::from(WORKERS_ROUTE);
+        let client = gw.snapshot().client_ip(conn.peer.ip(), &parts.headers);
+        if let Some(mut s) = runtime.session(&route, || {
+            plugins::request_state(&mut parts, &route, client, request_id)
+        }) {
+            match s.request_headers().await {
+                Err(f) => return Err(ProxyError::Plugin(f.plugin)),
+                Ok(Decision::Respond(local)) => {
+                    return local_answer(Some(Session::Owned(s)), local, request_id, (permit, None))
+                        .await
+                }
+                Ok(Decision::Continue { .. }) => session = Some(Session::Owned(s)),
+            }
+        }
+    }
+    let workers = gw.services().workers.active();
+    let body = serde_json::json!({"workers": workers, "total": workers.len()});
+    let local = wasmgate_plugin_host::bindings::LocalResponse {
+        status: 200,
+        headers: vec![
+            wasmgate_plugin_host::bindings::Header {
+                name: "content-type".into(),
+                value: "application/json".into(),
+            },
+            wasmgate_plugin_host::bindings::Header {
+                name: "cache-control".into(),
+                value: "no-store".into(),
+            },
+        ],
+        body: body.to_string().into_bytes(),
+    };
+    local_answer(session, local, request_id, (permit, None)).await
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -113,6 +113,7 @@ impl Snapshot {
 pub(crate) struct GatewayInner {
     pub snapshot: ArcSwap<Snapshot>,
     pub plugins: Option<Arc<wasmgate_plugin_host::PluginRuntime>>,
+    pub services: Arc<wasmgate_plugin_host::HostServices>,
     pub in_flight: Option<Arc<InFlightLimit>>,
     pub started: Instant,
 }
@@ -135,10 +136,25 @@ impl Gateway {
         Gateway::with_plugins(config, None)
     }
 
-    /// Builds a gateway whose routes run the chain of `plugins`.
+    /// Builds a gateway whose routes run the chain of `plugins`, with the plugins' state (or
+    /// a fresh in-memory store when there are none).
     pub fn with_plugins(
         config: Config,
         plugins: Option<Arc<wasmgate_plugin_host::PluginRuntime>>,
+    ) -> Result<Gateway, BuildError> {
+        let services = match &plugins {
+            Some(rt) => rt.services().clone(),
+            None => wasmgate_plugin_host::HostServices::in_memory(&config.redis.key_prefix).0,
+        };
+        Gateway::with_state(config, plugins, services)
+    }
+
+    /// Builds a gateway over shared state (`services`: the store and worker registry the
+    /// plugins use, reported by `/gateway/health` and served by the workers endpoint).
+    pub fn with_state(
+        config: Config,
+        plugins: Option<Arc<wasmgate_plugin_host::PluginRuntime>>,
+        services: Arc<wasmgate_plugin_host::HostServices>,
     ) -> Result<Gateway, BuildError> {
         let max = config.server.max_in_flight;
         let snapshot = Snapshot::build(config, None)?;
@@ -146,6 +162,7 @@ impl Gateway {
             inner: Arc::new(GatewayInner {
                 snapshot: ArcSwap::from_pointee(snapshot),
                 plugins,
+                services,
                 in_flight: (max > 0).then(|| InFlightLimit::new(max)),
                 started: Instant::now(),
             }),
@@ -193,6 +210,11 @@ impl Gateway {
     /// The plugin runtime, when plugins are enabled.
     pub fn plugins(&self) -> Option<&Arc<wasmgate_plugin_host::PluginRuntime>> {
         self.inner.plugins.as_ref()
+    }
+
+    /// The state store, worker registry and plugin metrics.
+    pub fn services(&self) -> &Arc<wasmgate_plugin_host::HostServices> {
+        &self.inner.services
     }
 
     /// Seconds since the gateway was built.

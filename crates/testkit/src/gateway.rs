@@ -55,9 +55,16 @@ impl GatewayBuilder {
         self
     }
 
-    /// Runs plugins from `dir` (loaded now and watched), with in-memory state.
+    /// Runs plugins from `dir` (loaded now and watched), with the configured state (in memory
+    /// unless `redis.url` is set).
     pub fn plugins_dir(mut self, dir: &std::path::Path) -> Self {
         self.plugins_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Uses the Redis at `url` for state (`redis.url`).
+    pub fn redis(mut self, url: &str) -> Self {
+        self.config.redis.url = Some(wasmgate_config::Secret::new(url.to_string()));
         self
     }
 
@@ -70,15 +77,21 @@ impl GatewayBuilder {
     pub async fn spawn(self) -> TestGateway {
         wasmgate_config::validate(&self.config, &wasmgate_config::ConfigSource::Environment)
             .expect("test gateway config is valid");
+        let state = wasmgate_state::open_state(&self.config)
+            .await
+            .expect("state store opens");
+        let services =
+            wasmgate_plugin_host::HostServices::from_state(&state, &self.config.redis.key_prefix);
         let plugins = match &self.plugins_dir {
             Some(dir) => Some(
-                wasmgate_plugin_host::folder::start(dir, None, "gateway:")
+                wasmgate_plugin_host::folder::start(dir, None, services.clone())
                     .await
                     .expect("plugin runtime"),
             ),
             None => None,
         };
-        let gateway = Gateway::with_plugins(self.config, plugins).expect("gateway builds");
+        let gateway =
+            Gateway::with_state(self.config, plugins, services).expect("gateway builds");
         let server = Server::bind(&gateway).await.expect("gateway binds");
         let addr = server.local_addr();
         let (tx, rx) = oneshot::channel::<()>();

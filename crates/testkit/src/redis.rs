@@ -3,6 +3,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::monitor::MonitorCommand;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A `redis-server` child process on `127.0.0.1`.
@@ -97,6 +101,30 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Starts recording every command the server runs (`MONITOR`).
+    pub async fn monitor(&self) -> Monitor {
+        use futures_util::StreamExt;
+        let config = fred::types::config::Config::from_url(&self.url()).expect("redis url");
+        let mut stream = Box::pin(fred::monitor::run(config).await.expect("MONITOR starts"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let task = tokio::spawn(async move {
+            while let Some(cmd) = stream.next().await {
+                sink.lock().unwrap().push(cmd);
+            }
+        });
+        let client = fred::types::Builder::from_config(
+            fred::types::config::Config::from_url(&self.url()).expect("redis url"),
+        )
+        .build()
+        .expect("client");
+        client.init().await.expect("monitor marker client connects");
+        let m = Monitor { log, task, client };
+        // MONITOR is live once it sees a command sent after it started.
+        m.sync().await;
+        m
+    }
+
     /// Kills the server (an outage). Data is lost; nothing is persisted.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -115,5 +143,77 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A `MONITOR` recording of every command the server ran (from every client, and the
+/// commands Lua scripts ran, whose `client` is `lua`).
+pub struct Monitor {
+    log: Arc<Mutex<Vec<MonitorCommand>>>,
+    task: tokio::task::JoinHandle<()>,
+    client: fred::clients::Client,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor").finish_non_exhaustive()
+    }
+}
+
+impl Monitor {
+    /// Sends a marker (`GET monitor:marker:<uuid>`) and waits until the recording has it, so
+    /// everything the server ran before is in the recording.
+    async fn sync(&self) {
+        let marker = format!("monitor:marker:{}", uuid::Uuid::new_v4());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let _: Option<String> = self.client.get(&marker).await.expect("marker GET");
+            for _ in 0..20 {
+                let seen = self.log.lock().unwrap().iter().any(|c| {
+                    c.args
+                        .first()
+                        .and_then(|a| a.as_str())
+                        .is_some_and(|a| a == marker)
+                });
+                if seen {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        panic!("MONITOR did not record the marker within 10 s");
+    }
+
+    /// Every command recorded so far (after a marker round trip), without the recorder's own
+    /// (its markers and connection setup).
+    pub async fn commands(&self) -> Vec<MonitorCommand> {
+        self.sync().await;
+        let log = self.log.lock().unwrap();
+        let own: std::collections::HashSet<&str> = log
+            .iter()
+            .filter(|c| {
+                c.args
+                    .first()
+                    .and_then(|a| a.as_str())
+                    .is_some_and(|a| a.starts_with("monitor:marker:"))
+            })
+            .map(|c| c.client.as_str())
+            .collect();
+        log.iter()
+            .filter(|c| !own.contains(c.client.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets what was recorded so far.
+    pub async fn clear(&self) {
+        self.sync().await;
+        self.log.lock().unwrap().clear();
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
