@@ -7,26 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, echoed_header, expect_error, tempdir};
+use common::{client, drop_plugin, echoed_header, eventually, expect_error, read, tempdir};
 use serde_json::Value;
 use wasmgate_plugin_host::guests;
 use wasmgate_testkit::{gateway, upstream};
-
-/// Puts a plugin into the folder the way operators should: write elsewhere, then rename.
-fn drop_plugin(dir: &Path, name: &str, wasm: &[u8], manifest: Option<&str>) {
-    if let Some(m) = manifest {
-        let tmp = dir.join(format!(".{name}.toml.tmp"));
-        std::fs::write(&tmp, m).unwrap();
-        std::fs::rename(&tmp, dir.join(format!("{name}.toml"))).unwrap();
-    }
-    let tmp = dir.join(format!(".{name}.wasm.tmp"));
-    std::fs::write(&tmp, wasm).unwrap();
-    std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).unwrap();
-}
-
-fn read(path: &str) -> Vec<u8> {
-    std::fs::read(path).unwrap()
-}
 
 async fn plugins_json(url: String) -> Value {
     client()
@@ -37,17 +21,6 @@ async fn plugins_json(url: String) -> Value {
         .json()
         .await
         .unwrap()
-}
-
-/// Polls `f` until it is true (plugin folder changes are picked up asynchronously).
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 const ADD_HEADER_MANIFEST: &str = r#"

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -174,3 +175,32 @@ pub async fn json(req: reqwest::RequestBuilder) -> Value {
 pub async fn text(req: reqwest::RequestBuilder) -> String {
     req.send().await.unwrap().text().await.unwrap()
 }
+
+/// Puts a plugin into the folder the way operators should: write elsewhere, then rename.
+pub fn drop_plugin(dir: &Path, name: &str, wasm: &[u8], manifest: Option<&str>) {
+    if let Some(m) = manifest {
+        let tmp = dir.join(format!(".{name}.toml.tmp"));
+        std::fs::write(&tmp, m).unwrap();
+        std::fs::rename(&tmp, dir.join(format!("{name}.toml"))).unwrap();
+    }
+    let tmp = dir.join(format!(".{name}.wasm.tmp"));
+    std::fs::write(&tmp, wasm).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).unwrap();
+}
+
+/// The bytes of a built guest plugin.
+pub fn read(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+/// Polls `f` until it is true (plugin folder changes are picked up asynchronously).
+pub async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..400 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+

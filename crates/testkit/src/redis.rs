@@ -50,6 +50,9 @@ impl RedisServer {
                 "no",
                 "--protected-mode",
                 "no",
+                // Tests make Redis slow on purpose with `DEBUG SLEEP`.
+                "--enable-debug-command",
+                "yes",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
