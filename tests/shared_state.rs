@@ -35,8 +35,26 @@ fn now() -> Duration {
 /// Commands that only read (or set up a connection). Everything else may write, scripts
 /// included (their keys are checked).
 const READS: &[&str] = &[
-    "GET", "MGET", "EXISTS", "SCAN", "SMEMBERS", "SCARD", "SISMEMBER", "ZCARD", "ZRANGE", "PTTL",
-    "TTL", "TIME", "PING", "INFO", "ECHO", "CLIENT", "HELLO", "AUTH", "SELECT", "SCRIPT",
+    "GET",
+    "MGET",
+    "EXISTS",
+    "SCAN",
+    "SMEMBERS",
+    "SCARD",
+    "SISMEMBER",
+    "ZCARD",
+    "ZRANGE",
+    "PTTL",
+    "TTL",
+    "TIME",
+    "PING",
+    "INFO",
+    "ECHO",
+    "CLIENT",
+    "HELLO",
+    "AUTH",
+    "SELECT",
+    "SCRIPT",
     "COMMAND",
 ];
 
@@ -96,7 +114,10 @@ async fn plugins_write_only_under_gateway_and_read_only_what_is_granted() {
     let report = json(c.get(gw.url("/probe"))).await;
     // Writes with keys that look absolute or climb out all land inside the namespace.
     for k in ["write_worker", "write_absolute", "set_add", "delete"] {
-        assert!(report[k].as_str().unwrap().starts_with("ok"), "{k}: {report}");
+        assert!(
+            report[k].as_str().unwrap().starts_with("ok"),
+            "{k}: {report}"
+        );
     }
     assert_eq!(report["read_back"], "ok:Some(\"pwned\")", "its own copy");
     assert!(report["put_indexed"].as_str().unwrap().starts_with("ok"));
@@ -105,7 +126,10 @@ async fn plugins_write_only_under_gateway_and_read_only_what_is_granted() {
         report["shared_worker"], "ok:Some(\"{\\\"status\\\":\\\"idle\\\"}\")",
         "{report}"
     );
-    assert_eq!(report["shared_set"], "ok:false", "granted by `worker:*`, not a member");
+    assert_eq!(
+        report["shared_set"], "ok:false",
+        "granted by `worker:*`, not a member"
+    );
     for k in ["shared_queue", "shared_gateway"] {
         assert!(
             report[k].as_str().unwrap().starts_with("denied"),
@@ -117,7 +141,14 @@ async fn plugins_write_only_under_gateway_and_read_only_what_is_granted() {
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["x-window"], "allowed");
     }
-    assert_eq!(c.get(gw.url("/api/v1/workers")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(gw.url("/api/v1/workers"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // The backend's keys are untouched...
     let status: String = py.get("worker:1:status").await.unwrap();
@@ -160,13 +191,28 @@ async fn the_worker_registry_reads_heartbeats_and_serves_the_worker_list() {
     let redis = RedisServer::start().await;
     let py = backend(&redis).await;
     let t = now();
-    put(&py, "worker:gpu-a:status", r#"{"status":"idle","region":"us-east","queue_depth":2}"#).await;
-    put(&py, "worker:gpu-a:gpu", r#"{"name":"NVIDIA A100","utilization":0.5}"#).await;
+    put(
+        &py,
+        "worker:gpu-a:status",
+        r#"{"status":"idle","region":"us-east","queue_depth":2}"#,
+    )
+    .await;
+    put(
+        &py,
+        "worker:gpu-a:gpu",
+        r#"{"name":"NVIDIA A100","utilization":0.5}"#,
+    )
+    .await;
     put(&py, "worker:gpu-a:heartbeat", &t.as_secs().to_string()).await;
     put(&py, "worker:gpu-b:status", "busy").await;
     put(&py, "worker:gpu-b:heartbeat", &t.as_millis().to_string()).await;
     put(&py, "worker:gpu-dead:status", r#"{"status":"idle"}"#).await;
-    put(&py, "worker:gpu-dead:heartbeat", &(t.as_secs() - 120).to_string()).await;
+    put(
+        &py,
+        "worker:gpu-dead:heartbeat",
+        &(t.as_secs() - 120).to_string(),
+    )
+    .await;
     put(&py, "worker:gpu-nohb:status", r#"{"status":"idle"}"#).await;
 
     let up = upstream().spawn().await;
@@ -190,10 +236,15 @@ async fn the_worker_registry_reads_heartbeats_and_serves_the_worker_list() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/json");
     assert_eq!(
-        resp.headers()["x-window"], "allowed",
+        resp.headers()["x-window"],
+        "allowed",
         "plugins run on the worker list like on any route"
     );
-    assert_eq!(resp.headers()["x-workers"], "2", "the workers import agrees");
+    assert_eq!(
+        resp.headers()["x-workers"],
+        "2",
+        "the workers import agrees"
+    );
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["total"], 2, "active only: {v}");
     let ids: Vec<&str> = v["workers"]
@@ -308,7 +359,10 @@ async fn a_redis_outage_under_traffic_costs_no_request_and_recovers_by_itself() 
     let c = client();
     let outcomes = |w: &str| seen.lock().unwrap().iter().filter(|(_, x)| x == w).count();
     eventually("traffic flows", async || outcomes("allowed") > 20).await;
-    assert_eq!(json(c.get(gw.url("/gateway/health"))).await["status"], "healthy");
+    assert_eq!(
+        json(c.get(gw.url("/gateway/health"))).await["status"],
+        "healthy"
+    );
 
     redis.stop();
     eventually("health says degraded", async || {
@@ -318,7 +372,10 @@ async fn a_redis_outage_under_traffic_costs_no_request_and_recovers_by_itself() 
     .await;
     let h = json(c.get(gw.url("/gateway/health"))).await;
     assert_eq!(h["checks"]["state"]["status"], "down", "{h}");
-    eventually("requests pass fail-open", async || outcomes("unavailable") > 20).await;
+    eventually("requests pass fail-open", async || {
+        outcomes("unavailable") > 20
+    })
+    .await;
 
     redis.restart().await;
     let before = outcomes("allowed");
@@ -338,10 +395,14 @@ async fn a_redis_outage_under_traffic_costs_no_request_and_recovers_by_itself() 
     assert!(
         seen.iter().all(|(s, _)| *s == 200),
         "no request failed: {:?}",
-        seen.iter().filter(|(s, _)| *s != 200).take(5).collect::<Vec<_>>()
+        seen.iter()
+            .filter(|(s, _)| *s != 200)
+            .take(5)
+            .collect::<Vec<_>>()
     );
     assert!(
-        seen.iter().all(|(_, w)| w == "allowed" || w == "unavailable"),
+        seen.iter()
+            .all(|(_, w)| w == "allowed" || w == "unavailable"),
         "only the two outcomes"
     );
     std::fs::remove_dir_all(dir).ok();

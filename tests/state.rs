@@ -73,7 +73,9 @@ async fn counters(s: &dyn Store, p: &str) {
     // The expiry applies when the key is created, and only then.
     let t = format!("{p}nt");
     assert_eq!(
-        s.incr(&t, 1, Some(Duration::from_millis(200))).await.unwrap(),
+        s.incr(&t, 1, Some(Duration::from_millis(200)))
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(
@@ -130,7 +132,10 @@ async fn fixed_window(s: &dyn Store, p: &str) {
     );
     tokio::time::sleep(Duration::from_millis(450)).await;
     let fresh = s.fixed_window_hit(&k, 2, w).await.unwrap();
-    assert!(fresh.allowed && fresh.remaining == 1, "a new window: {fresh:?}");
+    assert!(
+        fresh.allowed && fresh.remaining == 1,
+        "a new window: {fresh:?}"
+    );
 }
 
 async fn sets(s: &dyn Store, p: &str) {
@@ -149,7 +154,11 @@ async fn sets(s: &dyn Store, p: &str) {
     assert!(!s.set_remove(&k, "a").await.unwrap());
     assert!(s.set_remove(&k, "b").await.unwrap());
     assert_eq!(s.set_card(&k).await.unwrap(), 0);
-    assert!(s.set_members(&format!("{p}noset")).await.unwrap().is_empty());
+    assert!(s
+        .set_members(&format!("{p}noset"))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn bounded_index(s: &dyn Store, p: &str) {
@@ -177,7 +186,10 @@ async fn bounded_index(s: &dyn Store, p: &str) {
         assert_eq!(v.is_some(), indexed, "h{i}: entry and index agree");
         live += usize::from(v.is_some());
     }
-    assert_eq!(live, 10, "evicted entries are deleted with their index member");
+    assert_eq!(
+        live, 10,
+        "evicted entries are deleted with their index member"
+    );
     // Re-putting an indexed key replaces it without evicting anything.
     let n = s
         .put_indexed(&index, &prefix, "h24", b"new".to_vec(), ttl, 10)
@@ -205,7 +217,9 @@ async fn bounded_index(s: &dyn Store, p: &str) {
 
 async fn scan(s: &dyn Store, p: &str) {
     for k in ["w*x:1:heartbeat", "w*x:2:heartbeat", "wyx:3:heartbeat"] {
-        s.set(&format!("{p}{k}"), b"1".to_vec(), None).await.unwrap();
+        s.set(&format!("{p}{k}"), b"1".to_vec(), None)
+            .await
+            .unwrap();
     }
     let mut found = s.scan_prefix(&format!("{p}w*x:"), 100).await.unwrap();
     found.sort();
@@ -268,7 +282,11 @@ async fn concurrent_incr_loses_nothing(store: Arc<dyn Store>, p: &str) {
         .map(Result::unwrap)
         .collect();
     seen.sort();
-    assert_eq!(seen, (1..=100).collect::<Vec<_>>(), "every increment distinct");
+    assert_eq!(
+        seen,
+        (1..=100).collect::<Vec<_>>(),
+        "every increment distinct"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

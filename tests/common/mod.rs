@@ -203,4 +203,3 @@ pub async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     }
     panic!("timed out waiting for: {what}");
 }
-

@@ -403,7 +403,9 @@ impl kv::Host for HostState {
     ) -> Result<kv::Window, kv::KvError> {
         let (key, s) = (self.kv_key(&key)?, self.kv_store());
         let w = Duration::from_millis(window_ms.max(1));
-        Ok(window(self.timed(s.sliding_window_hit(&key, limit, w)).await?))
+        Ok(window(
+            self.timed(s.sliding_window_hit(&key, limit, w)).await?,
+        ))
     }
     async fn fixed_window_hit(
         &mut self,
@@ -413,7 +415,9 @@ impl kv::Host for HostState {
     ) -> Result<kv::Window, kv::KvError> {
         let (key, s) = (self.kv_key(&key)?, self.kv_store());
         let w = Duration::from_millis(window_ms.max(1));
-        Ok(window(self.timed(s.fixed_window_hit(&key, limit, w)).await?))
+        Ok(window(
+            self.timed(s.fixed_window_hit(&key, limit, w)).await?,
+        ))
     }
     async fn set_add(&mut self, key: String, member: String) -> Result<bool, kv::KvError> {
         let (key, s) = (self.kv_key(&key)?, self.kv_store());

@@ -39,9 +39,9 @@ pub use host::RequestState;
 pub use plugin::{CallFailure, LoadedPlugin, PluginSource, PluginState};
 pub use runtime::{PluginChain, PluginRuntime, Refusal};
 pub use services::HostServices;
-pub use wasmgate_state::{self as state, MemoryStore, Store};
 pub use session::{Decision, PluginFailure, RequestSession};
 pub use settings::{FailPolicy, PluginSettings};
+pub use wasmgate_state::{self as state, MemoryStore, Store};
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -335,8 +335,8 @@ impl LoadedPlugin {
         );
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.budget_ticks() * 10); // instantiation + init get 10 budgets
-        // At the deadline, time spent waiting on the state store is given back: the budget
-        // bounds the plugin's own work, not a slow Redis (whose calls have their own timeout).
+                                                            // At the deadline, time spent waiting on the state store is given back: the budget
+                                                            // bounds the plugin's own work, not a slow Redis (whose calls have their own timeout).
         store.epoch_deadline_callback(|mut ctx| {
             let waited = std::mem::take(&mut ctx.data_mut().io_wait);
             let ticks = (waited.as_micros() as u64).div_ceil(EPOCH_TICK.as_micros() as u64);

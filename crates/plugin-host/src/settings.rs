@@ -229,7 +229,9 @@ pub fn valid_namespace(ns: &str) -> Result<(), String> {
 fn valid_read_pattern(p: &str) -> Result<(), String> {
     let body = p.strip_suffix('*').unwrap_or(p);
     if body.is_empty() {
-        return Err(format!("`{p}` would allow every key: name a prefix, like `queue:*`"));
+        return Err(format!(
+            "`{p}` would allow every key: name a prefix, like `queue:*`"
+        ));
     }
     if body.contains(['*', '?', '[', ']']) || body.chars().any(char::is_control) {
         return Err(format!(
@@ -298,13 +300,17 @@ mod tests {
         assert!(read_allowed(&s.kv_read, "queue:stats"));
         assert!(!read_allowed(&s.kv_read, "queue:stats2"));
         assert!(!read_allowed(&s.kv_read, "gateway:auth:keys"));
-        for bad in ["namespace = \"a:b\"", "namespace = \"../x\"", "namespace = \"\""] {
+        for bad in [
+            "namespace = \"a:b\"",
+            "namespace = \"../x\"",
+            "namespace = \"\"",
+        ] {
             let e = parse_manifest(&format!("grant = [\"kv\"]\n{bad}")).unwrap_err();
             assert!(e.contains("namespace"), "{bad}: {e}");
         }
         for bad in ["*", "wor*ker:*", "queue:?"] {
-            let e = parse_manifest(&format!("grant = [\"kv\"]\nkv_read = [\"{bad}\"]"))
-                .unwrap_err();
+            let e =
+                parse_manifest(&format!("grant = [\"kv\"]\nkv_read = [\"{bad}\"]")).unwrap_err();
             assert!(e.contains("kv_read"), "{bad}: {e}");
         }
         let e = parse_manifest("kv_read = [\"queue:*\"]").unwrap_err();

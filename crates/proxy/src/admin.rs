@@ -175,7 +175,11 @@ fn describe(p: &LoadedPlugin) -> Value {
     })
 }
 
-pub(crate) fn json_response(status: StatusCode, v: &Value, request_id: &HeaderValue) -> Response<ProxyBody> {
+pub(crate) fn json_response(
+    status: StatusCode,
+    v: &Value,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
     let mut resp = Response::new(full(Bytes::from(v.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

@@ -206,8 +206,7 @@ where
         if let Some(v) = verdict.as_ref().and_then(|v| v.lock().unwrap().take()) {
             return match (v, session) {
                 (BodyVerdict::Respond(local), Some(s)) => {
-                    local_answer(Some(s), local, request_id, (global_permit, upstream_permit))
-                        .await
+                    local_answer(Some(s), local, request_id, (global_permit, upstream_permit)).await
                 }
                 (BodyVerdict::Failed(f), _) => Err(ProxyError::Plugin(f.plugin)),
                 (BodyVerdict::Respond(_), None) => Err(ProxyError::Plugin("(unknown)".into())),

@@ -70,7 +70,12 @@ pub trait Store: Send + Sync + 'static {
     /// The values at `keys`, in order (one round trip on Redis).
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>>;
     /// Stores `value`, expiring after `ttl` when given.
-    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Option<Duration>) -> StoreFuture<'a, ()>;
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()>;
     /// Adds `delta` to the integer at `key` (missing = 0) and returns the new value; `ttl`
     /// applies when this call creates the key.
     fn incr<'a>(&'a self, key: &'a str, delta: i64, ttl: Option<Duration>) -> StoreFuture<'a, i64>;

@@ -172,7 +172,10 @@ impl MemoryStore {
                 let Value::Hits(hits) = &mut entry.value else {
                     return Err(wrong_type(key, &entry.value, "window"));
                 };
-                while hits.front().is_some_and(|t| now.duration_since(*t) >= window) {
+                while hits
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= window)
+                {
                     hits.pop_front();
                 }
                 let allowed = (hits.len() as u64) < limit;
@@ -273,7 +276,12 @@ impl Store for MemoryStore {
         ready(keys.iter().map(|k| self.get_now(k)).collect())
     }
 
-    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Option<Duration>) -> StoreFuture<'a, ()> {
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
         self.with(key, |s, tick| {
             let entry = Entry {
                 value: Value::Bytes(value),
@@ -363,27 +371,33 @@ impl Store for MemoryStore {
     }
 
     fn set_members<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<String>> {
-        ready(self.with(key, |s, _| match s.map.get(key).map(|e| &e.value) {
-            None => Ok(Vec::new()),
-            Some(Value::Set(set)) => Ok(set.iter().cloned().collect()),
-            Some(other) => Err(wrong_type(key, other, "set")),
-        }))
+        ready(
+            self.with(key, |s, _| match s.map.get(key).map(|e| &e.value) {
+                None => Ok(Vec::new()),
+                Some(Value::Set(set)) => Ok(set.iter().cloned().collect()),
+                Some(other) => Err(wrong_type(key, other, "set")),
+            }),
+        )
     }
 
     fn set_card<'a>(&'a self, key: &'a str) -> StoreFuture<'a, u64> {
-        ready(self.with(key, |s, _| match s.map.get(key).map(|e| &e.value) {
-            None => Ok(0),
-            Some(Value::Set(set)) => Ok(set.len() as u64),
-            Some(other) => Err(wrong_type(key, other, "set")),
-        }))
+        ready(
+            self.with(key, |s, _| match s.map.get(key).map(|e| &e.value) {
+                None => Ok(0),
+                Some(Value::Set(set)) => Ok(set.len() as u64),
+                Some(other) => Err(wrong_type(key, other, "set")),
+            }),
+        )
     }
 
     fn set_contains<'a>(&'a self, key: &'a str, member: &'a str) -> StoreFuture<'a, bool> {
-        ready(self.with(key, |s, _| match s.map.get(key).map(|e| &e.value) {
-            None => Ok(false),
-            Some(Value::Set(set)) => Ok(set.contains(member)),
-            Some(other) => Err(wrong_type(key, other, "set")),
-        }))
+        ready(
+            self.with(key, |s, _| match s.map.get(key).map(|e| &e.value) {
+                None => Ok(false),
+                Some(Value::Set(set)) => Ok(set.contains(member)),
+                Some(other) => Err(wrong_type(key, other, "set")),
+            }),
+        )
     }
 
     fn put_indexed<'a>(

@@ -144,7 +144,9 @@ fn window_hit(v: Vec<i64>) -> StoreResult<WindowHit> {
             remaining: (*remaining).max(0) as u64,
             reset_after_ms: (*reset).max(0) as u64,
         }),
-        _ => Err(StoreError::Refused(format!("unexpected window reply {v:?}"))),
+        _ => Err(StoreError::Refused(format!(
+            "unexpected window reply {v:?}"
+        ))),
     }
 }
 
@@ -309,7 +311,9 @@ impl Store for RedisStore {
             let client = self.client()?;
             let values: Vec<Option<Bytes>> = if self.clustered {
                 // Keys of one MGET must share a slot; concurrent GETs are pipelined instead.
-                let gets = keys.iter().map(|k| client.get::<Option<Bytes>, _>(k.as_str()));
+                let gets = keys
+                    .iter()
+                    .map(|k| client.get::<Option<Bytes>, _>(k.as_str()));
                 let r: Result<Vec<_>, _> = futures_util::future::join_all(gets)
                     .await
                     .into_iter()
@@ -323,7 +327,12 @@ impl Store for RedisStore {
         })
     }
 
-    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Option<Duration>) -> StoreFuture<'a, ()> {
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let expire = ttl.map(|t| Expiration::PX(ttl_ms(t)));
             let r = self

@@ -118,11 +118,7 @@ fn parse_worker(id: &str, status: Option<&[u8]>, gpu: Option<&[u8]>, hb_ms: u64)
             o.get("queue_depth").and_then(Value::as_u64),
         ),
         (Some(Value::String(s)), _) => (s.clone(), None, None),
-        (_, Some(raw)) => (
-            String::from_utf8_lossy(raw).trim().to_string(),
-            None,
-            None,
-        ),
+        (_, Some(raw)) => (String::from_utf8_lossy(raw).trim().to_string(), None, None),
         (_, None) => ("unknown".to_string(), None, None),
     };
     let gpu = gpu.map(|g| {
@@ -195,9 +191,7 @@ impl WorkerRegistry {
         ids.truncate(MAX_WORKERS);
         let wanted: Vec<String> = ids
             .iter()
-            .flat_map(|id| {
-                ["status", "gpu", "heartbeat"].map(|k| format!("{prefix}{id}:{k}"))
-            })
+            .flat_map(|id| ["status", "gpu", "heartbeat"].map(|k| format!("{prefix}{id}:{k}")))
             .collect();
         let values = self.store.get_many(&wanted).await?;
         let mut workers = Vec::with_capacity(ids.len());

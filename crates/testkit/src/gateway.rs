@@ -90,8 +90,7 @@ impl GatewayBuilder {
             ),
             None => None,
         };
-        let gateway =
-            Gateway::with_state(self.config, plugins, services).expect("gateway builds");
+        let gateway = Gateway::with_state(self.config, plugins, services).expect("gateway builds");
         let server = Server::bind(&gateway).await.expect("gateway binds");
         let addr = server.local_addr();
         let (tx, rx) = oneshot::channel::<()>();
