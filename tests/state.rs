@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use wasmgate_config::{RedisConfig, Secret};
 use wasmgate_state::{MemoryStore, RedisStore, Store, StoreError};
-use wasmgate_testkit::RedisServer;
+use wasmgate_testkit::{RedisCluster, RedisSentinel, RedisServer};
 
 fn redis_config(url: &str) -> RedisConfig {
     RedisConfig {
@@ -17,8 +17,12 @@ fn redis_config(url: &str) -> RedisConfig {
 }
 
 async fn redis_store(server: &RedisServer) -> Arc<dyn Store> {
+    store_at(&server.url()).await
+}
+
+async fn store_at(url: &str) -> Arc<dyn Store> {
     Arc::new(
-        RedisStore::connect(&redis_config(&server.url()))
+        RedisStore::connect(&redis_config(url))
             .await
             .expect("redis store"),
     )
@@ -298,6 +302,32 @@ async fn memory_store_conforms() {
 async fn redis_store_conforms() {
     let server = RedisServer::start().await;
     conformance(redis_store(&server).await, "gateway:conf:").await;
+}
+
+/// `redis-cluster://`: keys spread over three primaries; multi-key reads become pipelined
+/// single-key reads, scans visit every node, and the cache index is kept with single-key steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_store_conforms() {
+    let cluster = RedisCluster::start(3).await;
+    conformance(store_at(&cluster.url()).await, "gateway:conf:").await;
+}
+
+/// `redis-sentinel://`: the primary is found through the sentinel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_sentinel_store_conforms() {
+    let sentinel = RedisSentinel::start().await;
+    let store = store_at(&sentinel.url()).await;
+    conformance(store.clone(), "gateway:conf:").await;
+    // The data is on the primary the sentinel named.
+    let direct = redis_store(sentinel.primary()).await;
+    store
+        .set("gateway:via-sentinel", b"1".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        direct.get("gateway:via-sentinel").await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
 }
 
 #[tokio::test]

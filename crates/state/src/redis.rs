@@ -263,6 +263,42 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// On a cluster the index and its entries live in different slots, where one script cannot
+    /// touch both: the same steps as single-key commands. Each step is atomic; the bound may be
+    /// passed briefly while replicas write at once, and is restored by the next write.
+    async fn put_indexed_clustered(
+        &self,
+        index: &str,
+        prefix: &str,
+        member: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+        max_members: u64,
+    ) -> StoreResult<u64> {
+        let client = self.client()?;
+        let mut evicted = 0;
+        let known = self.track(client.sismember::<bool, _, _>(index, member).await)?;
+        if !known {
+            let max = max_members.max(1);
+            while self.track(client.scard::<u64, _>(index).await)? >= max {
+                let victim = self.track(client.spop::<Option<String>, _>(index, None).await)?;
+                let Some(victim) = victim else { break };
+                self.track(client.del::<i64, _>(format!("{prefix}{victim}")).await)?;
+                evicted += 1;
+            }
+            self.track(client.sadd::<i64, _, _>(index, member).await)?;
+        }
+        let expire = Some(Expiration::PX(ttl_ms(ttl)));
+        let entry = format!("{prefix}{member}");
+        let r = client
+            .set::<(), _, _>(entry, Bytes::from(value), expire, None, false)
+            .await;
+        self.track(r)?;
+        Ok(evicted)
+    }
+}
+
 impl Scripts {
     fn all(&self) -> [&Script; 4] {
         [&self.sliding, &self.fixed, &self.incr, &self.put_indexed]
@@ -451,6 +487,11 @@ impl Store for RedisStore {
         max_members: u64,
     ) -> StoreFuture<'a, u64> {
         Box::pin(async move {
+            if self.clustered {
+                return self
+                    .put_indexed_clustered(index, prefix, member, value, ttl, max_members)
+                    .await;
+            }
             let n: i64 = self
                 .eval(
                     &self.scripts.put_indexed,

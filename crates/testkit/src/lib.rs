@@ -18,7 +18,7 @@ pub mod sim;
 pub mod upstream;
 
 pub use gateway::{gateway, GatewayBuilder, TestGateway};
-pub use redis::{Monitor, RedisServer};
+pub use redis::{Monitor, RedisCluster, RedisSentinel, RedisServer};
 pub use upstream::{upstream, Recorded, TestUpstream, UpstreamBuilder};
 
 /// A free TCP port on 127.0.0.1 (bound and released; fine for child processes that need a

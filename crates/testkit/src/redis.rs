@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl std::fmt::Debug for RedisServer {
@@ -29,9 +30,15 @@ impl RedisServer {
     /// Panics with install instructions when `redis-server` is not on the PATH
     /// (`scripts/test.sh` installs it).
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(Vec::new()).await
+    }
+
+    /// Starts `redis-server` with extra arguments (after the test kit's own).
+    pub async fn start_with(extra: Vec<String>) -> RedisServer {
         let mut r = RedisServer {
             port: crate::free_port(),
             child: None,
+            extra,
         };
         r.spawn().await;
         r
@@ -54,6 +61,7 @@ impl RedisServer {
                 "--enable-debug-command",
                 "yes",
             ])
+            .args(self.extra.iter().map(|a| a.replace("{port}", &self.port.to_string())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -218,5 +226,180 @@ impl Monitor {
 impl Drop for Monitor {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+fn redis_cli(args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}); it comes with redis-server"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A Redis Cluster of `n` primaries (no replicas) on free ports, slots spread by
+/// `redis-cli --cluster create`.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for RedisCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCluster")
+            .field("nodes", &self.nodes)
+            .finish()
+    }
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster and waits for `cluster_state:ok`.
+    pub async fn start(n: usize) -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!("wasmgate-cluster-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let conf = dir.join("nodes-{port}.conf").display().to_string();
+            nodes.push(
+                RedisServer::start_with(vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    conf,
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ])
+                .await,
+            );
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        redis_cli(&args);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = nodes.iter().all(|n| {
+                redis_cli(&["-p", &n.port().to_string(), "cluster", "info"])
+                    .contains("cluster_state:ok")
+            });
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        RedisCluster { nodes, dir }
+    }
+
+    /// `redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&node=...`.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port());
+        for (i, n) in self.nodes.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{}", n.port()));
+        }
+        url
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A primary `redis-server` watched by one Sentinel (`redis-server --sentinel`) under the
+/// service name `mymaster`.
+pub struct RedisSentinel {
+    primary: RedisServer,
+    sentinel: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for RedisSentinel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSentinel")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+impl RedisSentinel {
+    /// Starts the primary and the sentinel, and waits until the sentinel knows the primary.
+    pub async fn start() -> RedisSentinel {
+        let primary = RedisServer::start().await;
+        let port = crate::free_port();
+        let dir = std::env::temp_dir().join(format!("wasmgate-sentinel-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 2000\n",
+                primary.port()
+            ),
+        )
+        .unwrap();
+        let sentinel = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = redis_cli(&[
+                "-p",
+                &port.to_string(),
+                "sentinel",
+                "get-master-addr-by-name",
+                "mymaster",
+            ]);
+            if reply.contains(&primary.port().to_string()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel did not start within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        RedisSentinel {
+            primary,
+            sentinel,
+            port,
+            dir,
+        }
+    }
+
+    /// `redis-sentinel://127.0.0.1:PORT?sentinelServiceName=mymaster`.
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}?sentinelServiceName=mymaster",
+            self.port
+        )
+    }
+
+    /// The primary behind the sentinel.
+    pub fn primary(&self) -> &RedisServer {
+        &self.primary
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.sentinel.kill();
+        let _ = self.sentinel.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
