@@ -96,3 +96,57 @@ async fn simulator_serves_jobs_and_chat_through_the_gateway_and_heartbeats_into_
     );
     let _ = client.quit().await;
 }
+
+/// The integration guide's check, end to end: the `wasmgate` binary in ACIP `.env` mode with
+/// `REDIS_URL` (password and database from `REDIS_PASSWORD`/`REDIS_DB`), in front of the
+/// simulator whose workers heartbeat into that Redis: `GET /api/v1/workers` lists them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_lists_the_workers_that_heartbeat_into_redis() {
+    let redis =
+        RedisServer::start_with(vec!["--requirepass".into(), "s3cret-redis".into()]).await;
+    let authed = format!("redis://:s3cret-redis@127.0.0.1:{}/0", redis.port());
+    let sim = Simulator::spawn(SimOptions {
+        redis_url: Some(authed),
+        workers: 3,
+        heartbeat_interval: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = common::tempdir("acip-redis");
+    std::fs::write(
+        dir.join(".env"),
+        format!(
+            "FASTAPI_URL={}\nGATEWAY_HOST=127.0.0.1\nGATEWAY_PORT=0\nREDIS_URL=redis://127.0.0.1:{}\nREDIS_PASSWORD=s3cret-redis\nREDIS_DB=0\nROUTER_HEALTH_CHECK_INTERVAL=100\nAUTH_ENABLED=false\nPLUGINS_DIR={}\n",
+            sim.url(),
+            redis.port(),
+            dir.join("plugins").display()
+        ),
+    )
+    .unwrap();
+    let gw = common::GatewayProcess::spawn(common::wasmgate_command(&dir));
+    let c = client();
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        let v: Value = common::json(c.get(gw.url("/api/v1/workers"))).await;
+        listed = v["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap().to_string())
+            .collect();
+        if listed.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed, worker_ids(3));
+    let health: Value = common::json(c.get(gw.url("/gateway/health"))).await;
+    assert_eq!(health["status"], "healthy", "{health}");
+    assert_eq!(health["checks"]["state"]["backend"], "redis");
+    assert!(
+        !gw.log().contains("s3cret-redis"),
+        "the Redis password is never logged"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -95,10 +95,11 @@ impl RedisServer {
         if s.write_all(b"PING\r\n").await.is_err() {
             return false;
         }
-        let mut buf = [0u8; 7];
+        // `+PONG`, or `-NOAUTH` from a server started with `--requirepass`: both are alive.
+        let mut buf = [0u8; 5];
         matches!(
             tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut buf)).await,
-            Ok(Ok(_)) if &buf == b"+PONG\r\n"
+            Ok(Ok(_)) if &buf == b"+PONG" || &buf == b"-NOAU"
         )
     }
 
