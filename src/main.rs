@@ -211,6 +211,11 @@ fn run(loader: ConfigLoader, config: wasmgate_config::Config) -> anyhow::Result<
         let services =
             wasmgate_plugin_host::HostServices::from_state(&state, &config.redis.key_prefix);
         let plugins = start_plugins(&config.plugins, services.clone()).await?;
+        if let Some(rt) = &plugins {
+            wasmgate_plugin_host::builtins::configure(rt, &config)
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
         let gateway = wasmgate_proxy::Gateway::with_state(config, plugins, services)?;
         let server = wasmgate_proxy::Server::bind(&gateway).await?;
         tracing::info!(

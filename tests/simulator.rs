@@ -102,8 +102,7 @@ async fn simulator_serves_jobs_and_chat_through_the_gateway_and_heartbeats_into_
 /// simulator whose workers heartbeat into that Redis: `GET /api/v1/workers` lists them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_lists_the_workers_that_heartbeat_into_redis() {
-    let redis =
-        RedisServer::start_with(vec!["--requirepass".into(), "s3cret-redis".into()]).await;
+    let redis = RedisServer::start_with(vec!["--requirepass".into(), "s3cret-redis".into()]).await;
     let authed = format!("redis://:s3cret-redis@127.0.0.1:{}/0", redis.port());
     let sim = Simulator::spawn(SimOptions {
         redis_url: Some(authed),

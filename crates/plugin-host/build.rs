@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Guest crates that ship inside the binary as built-in plugins (filled by the built-in
-/// plugins issue).
-const BUILTINS: &[&str] = &[];
+/// Guest crates that ship inside the binary as built-in plugins (`guest-plugins/builtins/`).
+const BUILTINS: &[&str] = &["rate-limit"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

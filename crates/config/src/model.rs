@@ -382,6 +382,23 @@ pub struct RateLimitConfig {
     pub max_requests: u64,
     /// `sliding` or `fixed`.
     pub algorithm: RateLimitAlgorithm,
+    /// Let requests through when the state store is unavailable (else `503`).
+    pub fail_open: bool,
+    /// Per-route limits: route name → `{max_requests, window_ms}` (either may be omitted).
+    pub routes: BTreeMap<String, LimitOverride>,
+    /// Per-tenant limits: tenant → `{max_requests, window_ms}`; a tenant's limit wins over a
+    /// route's.
+    pub tenants: BTreeMap<String, LimitOverride>,
+}
+
+/// A per-route or per-tenant rate limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitOverride {
+    /// Requests allowed per window (default: `rate_limit.max_requests`).
+    pub max_requests: Option<u64>,
+    /// Window length in ms (default: `rate_limit.window_ms`).
+    pub window_ms: Option<u64>,
 }
 
 impl Default for RateLimitConfig {
@@ -391,6 +408,9 @@ impl Default for RateLimitConfig {
             window_ms: 60_000,
             max_requests: 100,
             algorithm: RateLimitAlgorithm::Sliding,
+            fail_open: true,
+            routes: BTreeMap::new(),
+            tenants: BTreeMap::new(),
         }
     }
 }

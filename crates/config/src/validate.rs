@@ -202,6 +202,19 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
             "window_ms and max_requests must be greater than 0".into(),
         );
     }
+    for (kind, map) in [
+        ("routes", &c.rate_limit.routes),
+        ("tenants", &c.rate_limit.tenants),
+    ] {
+        for (name, o) in map {
+            if o.window_ms == Some(0) || o.max_requests == Some(0) {
+                return err(
+                    format!("rate_limit.{kind}.{name}"),
+                    "window_ms and max_requests must be greater than 0".into(),
+                );
+            }
+        }
+    }
     if c.log.level.trim().is_empty() {
         return err("log.level".into(), "must not be empty".into());
     }

@@ -25,6 +25,7 @@ pub mod folder;
 pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
+pub mod builtins;
 pub mod host;
 pub mod inspect;
 pub mod plugin;

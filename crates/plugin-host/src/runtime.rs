@@ -78,7 +78,7 @@ pub struct PluginRuntime {
     engine: PluginEngine,
     services: Arc<HostServices>,
     chain: ArcSwap<PluginChain>,
-    builtins: Vec<Arc<LoadedPlugin>>,
+    builtins: std::sync::Mutex<Vec<Arc<LoadedPlugin>>>,
     folder: std::sync::Mutex<Option<PathBuf>>,
 }
 
@@ -95,7 +95,7 @@ impl PluginRuntime {
             engine: PluginEngine::new(opts)?,
             services,
             chain: ArcSwap::from_pointee(PluginChain::default()),
-            builtins: Vec::new(),
+            builtins: Default::default(),
             folder: std::sync::Mutex::new(None),
         })
     }
@@ -134,7 +134,7 @@ impl PluginRuntime {
     /// Replaces the chain with `plugins` (plus the built-ins they do not shadow).
     pub fn install(&self, plugins: Vec<Arc<LoadedPlugin>>, refused: Vec<Refusal>) {
         let mut all = plugins;
-        for b in &self.builtins {
+        for b in self.builtins.lock().unwrap().iter() {
             if !all.iter().any(|p| p.name == b.name) {
                 all.push(b.clone());
             }
@@ -143,9 +143,18 @@ impl PluginRuntime {
             .store(Arc::new(PluginChain::sorted(all, refused)));
     }
 
-    /// Sets the built-in plugins (a folder plugin with the same name replaces one).
-    pub fn set_builtins(&mut self, builtins: Vec<Arc<LoadedPlugin>>) {
-        self.builtins = builtins;
+    /// Replaces the built-in plugins and reinstalls the chain with them (folder plugins are
+    /// kept; a folder plugin with a built-in's name replaces it).
+    pub fn replace_builtins(&self, builtins: Vec<Arc<LoadedPlugin>>) {
+        let current = self.chain();
+        let folder: Vec<Arc<LoadedPlugin>> = current
+            .plugins
+            .iter()
+            .filter(|p| !matches!(p.source, PluginSource::Builtin))
+            .cloned()
+            .collect();
+        *self.builtins.lock().unwrap() = builtins;
+        self.install(folder, current.refused.clone());
     }
 
     /// Scans `dir`: every `*.wasm` with its optional `<stem>.toml`. A plugin whose file and

@@ -202,8 +202,23 @@ impl Gateway {
                 restart.push(key);
             }
         }
+        let builtins_changed = wasmgate_plugin_host::builtins::differ(&current.config, &config);
         let next = Snapshot::build(config, Some(&current))?;
+        let config = next.config.clone();
         self.inner.snapshot.store(Arc::new(next));
+        if let (true, Some(rt), Ok(handle)) = (
+            builtins_changed,
+            self.plugins(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            let rt = rt.clone();
+            handle.spawn(async move {
+                match wasmgate_plugin_host::builtins::configure(&rt, &config).await {
+                    Ok(()) => tracing::info!("built-in plugins reconfigured"),
+                    Err(e) => tracing::warn!(error = %e, "built-in plugins not reconfigured; the previous ones keep serving"),
+                }
+            });
+        }
         Ok(restart)
     }
 

@@ -1,0 +1,180 @@
+//! The `rate-limit` built-in (docs/plugins/rate-limit.md).
+//!
+//! One window hit per request in the state store (atomic there: replicas sharing Redis enforce
+//! one exact limit), keyed by the caller's identity when an earlier plugin (auth) set one, else
+//! by the client address (`X-Forwarded-For` only from trusted proxies, as the host reports it).
+//! Keys live in the `ratelimit` namespace: `gateway:ratelimit:{client}` for the default limit,
+//! `gateway:ratelimit:route:{route}:{client}` and `gateway:ratelimit:tenant:{tenant}:{client}`
+//! for per-route and per-tenant limits.
+//!
+//! Every response gets `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
+//! (seconds until a slot frees); a refusal is `429 rate_limited` with `Retry-After`. When the
+//! store is unavailable the request passes (`fail_open`, the default) or gets
+//! `503 rate_limit_unavailable`.
+use std::collections::BTreeMap;
+
+use wasmgate_plugin_sdk::prelude::*;
+
+#[derive(serde::Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Algorithm {
+    Sliding,
+    Fixed,
+}
+
+#[derive(serde::Deserialize, Clone, Copy)]
+struct Override {
+    max_requests: Option<u64>,
+    window_ms: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    max_requests: u64,
+    window_ms: u64,
+    #[serde(default = "sliding")]
+    algorithm: Algorithm,
+    #[serde(default = "yes")]
+    fail_open: bool,
+    #[serde(default)]
+    routes: BTreeMap<String, Override>,
+    #[serde(default)]
+    tenants: BTreeMap<String, Override>,
+}
+
+fn sliding() -> Algorithm {
+    Algorithm::Sliding
+}
+fn yes() -> bool {
+    true
+}
+
+/// What the request-headers phase decided, for the response headers.
+struct Outcome {
+    limit: u64,
+    remaining: u64,
+    reset_after_ms: u64,
+}
+
+struct RateLimit {
+    s: Settings,
+    outcome: Option<Outcome>,
+}
+
+impl RateLimit {
+    /// The limit, window and key scope for this request: a tenant's override wins over a
+    /// route's, which wins over the default.
+    fn applicable(&self) -> (u64, u64, String) {
+        let pick = |o: &Override| {
+            (
+                o.max_requests.unwrap_or(self.s.max_requests),
+                o.window_ms.unwrap_or(self.s.window_ms),
+            )
+        };
+        if let Some(t) = request::tenant() {
+            if let Some(o) = self.s.tenants.get(&t) {
+                let (l, w) = pick(o);
+                return (l, w, format!("tenant:{t}:"));
+            }
+        }
+        let route = request::route();
+        if let Some(o) = self.s.routes.get(&route) {
+            let (l, w) = pick(o);
+            return (l, w, format!("route:{route}:"));
+        }
+        (self.s.max_requests, self.s.window_ms, String::new())
+    }
+}
+
+fn client_key() -> String {
+    match request::get_property("identity") {
+        Some(id) if !id.is_empty() => format!("id:{id}"),
+        _ => request::client_addr(),
+    }
+}
+
+fn secs_ceil(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+impl Plugin for RateLimit {
+    fn new(config: Config) -> Result<Self, String> {
+        let s: Settings = config.parse()?;
+        if s.window_ms == 0 {
+            return Err("window_ms must be greater than 0".into());
+        }
+        Ok(RateLimit { s, outcome: None })
+    }
+
+    fn info(&self) -> Info {
+        Info::new("rate-limit", env!("CARGO_PKG_VERSION"))
+            .phase(Phase::RequestHeaders)
+            .phase(Phase::ResponseHeaders)
+            .capability("kv")
+            .capability("metrics")
+    }
+
+    fn on_request_headers(&mut self) -> Action {
+        self.outcome = None;
+        let (limit, window_ms, scope) = self.applicable();
+        let key = format!("{scope}{}", client_key());
+        let hit = match self.s.algorithm {
+            Algorithm::Sliding => kv::window_hit(&key, limit, window_ms),
+            Algorithm::Fixed => kv::fixed_window_hit(&key, limit, window_ms),
+        };
+        match hit {
+            Ok(w) => {
+                self.outcome = Some(Outcome {
+                    limit,
+                    remaining: w.remaining,
+                    reset_after_ms: w.reset_after_ms,
+                });
+                if w.allowed {
+                    metrics::counter_add("allowed", 1);
+                    Action::Continue
+                } else {
+                    metrics::counter_add("limited", 1);
+                    let retry = secs_ceil(w.reset_after_ms).max(1);
+                    let body = serde_json::json!({
+                        "error": "rate_limited",
+                        "message": format!("rate limit of {limit} requests per {window_ms} ms exceeded; retry in {retry} s"),
+                        "request_id": request::request_id(),
+                    });
+                    Action::Respond(LocalResponse {
+                        status: 429,
+                        headers: vec![
+                            Header { name: "content-type".into(), value: "application/json".into() },
+                            Header { name: "retry-after".into(), value: retry.to_string() },
+                        ],
+                        body: body.to_string().into_bytes(),
+                    })
+                }
+            }
+            Err(e) => {
+                metrics::counter_add("store_errors", 1);
+                log::log(log::Level::Warn, &format!("rate limit not applied: {e:?}"));
+                if self.s.fail_open {
+                    Action::Continue
+                } else {
+                    Action::error(
+                        503,
+                        "rate_limit_unavailable",
+                        "the rate limit cannot be checked right now",
+                    )
+                }
+            }
+        }
+    }
+
+    fn on_response_headers(&mut self) -> Action {
+        if let Some(o) = &self.outcome {
+            request::set_response_header("x-ratelimit-limit", &o.limit.to_string());
+            request::set_response_header("x-ratelimit-remaining", &o.remaining.to_string());
+            request::set_response_header("x-ratelimit-reset", &secs_ceil(o.reset_after_ms).to_string());
+        }
+        Action::Continue
+    }
+}
+
+export_plugin!(RateLimit);
