@@ -225,3 +225,349 @@ async fn the_acip_env_names_configure_the_rate_limit() {
     assert_eq!(sorted, [200, 200, 429]);
     std::fs::remove_dir_all(dir).ok();
 }
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A JWT signed with HS256.
+fn hs256(secret: &str, claims: &serde_json::Value) -> String {
+    use hmac::Mac;
+    let signing = format!(
+        "{}.{}",
+        b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(signing.as_bytes());
+    format!("{signing}.{}", b64(&mac.finalize().into_bytes()))
+}
+
+/// An RSA key made by the `openssl` CLI: signs RS256 JWTs and describes itself as a JWK.
+struct OpensslKey {
+    pem: std::path::PathBuf,
+}
+
+impl OpensslKey {
+    fn generate(dir: &std::path::Path, name: &str) -> OpensslKey {
+        let pem = dir.join(format!("{name}.pem"));
+        let ok = std::process::Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&pem)
+            .arg("2048")
+            .output()
+            .expect("openssl is needed for RS256 tests")
+            .status
+            .success();
+        assert!(ok, "openssl genrsa");
+        OpensslKey { pem }
+    }
+
+    fn jwk(&self, kid: &str) -> serde_json::Value {
+        let out = std::process::Command::new("openssl")
+            .args(["rsa", "-noout", "-modulus", "-in"])
+            .arg(&self.pem)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let modulus = hex::decode(text.trim().trim_start_matches("Modulus=")).unwrap();
+        serde_json::json!({"kty": "RSA", "kid": kid, "n": b64(&modulus), "e": b64(&[1, 0, 1])})
+    }
+
+    fn rs256(&self, kid: &str, claims: &serde_json::Value) -> String {
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": kid});
+        let signing = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let input = self.pem.with_extension("input");
+        std::fs::write(&input, &signing).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&self.pem)
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl dgst -sign");
+        format!("{signing}.{}", b64(&out.stdout))
+    }
+}
+
+fn python_sha256(expr: &str, salt: &str, token: &str) -> String {
+    let script = format!(
+        "import hashlib,sys; salt, token = sys.argv[1], sys.argv[2]; print(hashlib.sha256(({expr}).encode()).hexdigest())"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script, salt, token])
+        .output()
+        .expect("python3");
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(hash.len(), 64, "python3 printed a sha256: {hash:?}");
+    hash
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_accepts_api_keys_in_either_header_and_never_forwards_them() {
+    let up = upstream().spawn().await;
+    let gw = gateway()
+        .upstream(&up)
+        .config(|c| {
+            c.auth.enabled = true;
+            c.auth.api_keys = vec![wasmgate_config::Secret::new("k-live-1")];
+            c.auth.api_key_hashes = vec![wasmgate_config::Secret::new(sha256_hex("k-hashed-2"))];
+        })
+        .spawn()
+        .await;
+    let c = client();
+    let before = up.request_count();
+    let r = c.get(gw.url("/v1/models")).send().await.unwrap();
+    assert_eq!(header(&r, "www-authenticate"), r#"Bearer realm="wasmgate""#);
+    expect_error(r, 401, "unauthorized").await;
+    assert_eq!(up.request_count(), before, "refused before the upstream");
+
+    let echo = json(
+        c.get(gw.url("/v1/models"))
+            .header("x-api-key", "k-live-1")
+            .header("x-gateway-identity", "key:admin"),
+    )
+    .await;
+    let id = common::echoed_header(&echo, "x-gateway-identity").unwrap();
+    assert_eq!(
+        id,
+        format!("key:{}", &sha256_hex("k-live-1")[..8]),
+        "not the client's claim"
+    );
+    assert!(
+        common::echoed_header(&echo, "x-api-key").is_none(),
+        "the key is not forwarded"
+    );
+
+    let echo = json(
+        c.get(gw.url("/v1/models"))
+            .header("authorization", "Bearer k-hashed-2"),
+    )
+    .await;
+    assert_eq!(
+        common::echoed_header(&echo, "x-gateway-identity").unwrap(),
+        format!("key:{}", &sha256_hex("k-hashed-2")[..8])
+    );
+    assert!(common::echoed_header(&echo, "authorization").is_none());
+
+    let r = c
+        .get(gw.url("/v1/models"))
+        .header("x-api-key", "k-live-2")
+        .send()
+        .await
+        .unwrap();
+    assert!(header(&r, "www-authenticate").contains("invalid_token"));
+    expect_error(r, 401, "unauthorized").await;
+    // Local endpoints need no credential.
+    assert_eq!(
+        c.get(gw.url("/gateway/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+/// Worker tokens against hashes made the way the backend (Python `hashlib`) makes them, in
+/// both formats, from the configuration and from a Redis set the operator fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_tokens_match_hashes_made_by_python_hashlib() {
+    let salt = "distributed-gpu-inference-v1";
+    let token = "wt-7f3a9c";
+    let backend_hash = python_sha256(r#"f"{salt}:{token}""#, salt, token);
+    let guide_hash = python_sha256("token + salt", salt, token);
+    assert_ne!(backend_hash, guide_hash);
+    let up = upstream().spawn().await;
+    let redis = RedisServer::start().await;
+    let with = |format: &'static str, hashes: Vec<String>| {
+        move |c: &mut Config| {
+            c.auth.enabled = true;
+            c.auth.token_salt = Some(wasmgate_config::Secret::new(salt));
+            c.auth.token_hash_format = format.into();
+            c.auth.token_hashes = hashes
+                .into_iter()
+                .map(wasmgate_config::Secret::new)
+                .collect();
+        }
+    };
+    let backend = gateway()
+        .upstream(&up)
+        .config(with("{salt}:{token}", vec![backend_hash.clone()]))
+        .spawn()
+        .await;
+    let guide = gateway()
+        .upstream(&up)
+        .config(with("{token}{salt}", vec![guide_hash.clone()]))
+        .spawn()
+        .await;
+    let from_redis = gateway()
+        .upstream(&up)
+        .redis(&redis.url())
+        .config(with("{salt}:{token}", vec![]))
+        .config(|c| c.auth.token_hash_set = Some("auth:worker-token-hashes".into()))
+        .spawn()
+        .await;
+    let c = client();
+    for gw in [&backend, &guide] {
+        let echo = json(
+            c.get(gw.url("/api/v1/jobs"))
+                .header("x-worker-token", token),
+        )
+        .await;
+        assert_eq!(
+            common::echoed_header(&echo, "x-worker-token"),
+            Some(token),
+            "forwarded: the backend checks it too"
+        );
+        assert!(common::echoed_header(&echo, "x-gateway-identity")
+            .unwrap()
+            .starts_with("worker:"));
+        let r = c
+            .get(gw.url("/api/v1/jobs"))
+            .header("x-worker-token", "wt-wrong")
+            .send()
+            .await
+            .unwrap();
+        expect_error(r, 401, "unauthorized").await;
+    }
+    let r = c
+        .get(from_redis.url("/api/v1/jobs"))
+        .header("x-worker-token", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "not in the set yet");
+    let py = fred::types::Builder::from_config(
+        fred::types::config::Config::from_url(&redis.url()).unwrap(),
+    )
+    .build()
+    .unwrap();
+    fred::interfaces::ClientLike::init(&py).await.unwrap();
+    let _: i64 = fred::interfaces::SetsInterface::sadd(
+        &py,
+        "auth:worker-token-hashes",
+        backend_hash.as_str(),
+    )
+    .await
+    .unwrap();
+    let r = c
+        .get(from_redis.url("/api/v1/jobs"))
+        .header("x-worker-token", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the operator's set is read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwts_hs256_and_rs256_with_claims_checked_and_tenants_for_later_plugins() {
+    let dir = tempdir("jwt");
+    let key = OpensslKey::generate(&dir, "signer");
+    let stranger = OpensslKey::generate(&dir, "stranger");
+    let jwks = serde_json::json!({"keys": [key.jwk("k1")]});
+    std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
+    let up = upstream().spawn().await;
+    let jwks_file = dir.join("jwks.json").display().to_string();
+    let gw = gateway()
+        .upstream(&up)
+        .config(move |c| {
+            c.auth.enabled = true;
+            c.auth.jwt_secret = Some(wasmgate_config::Secret::new("hs-secret"));
+            c.auth.jwt_jwks_file = Some(jwks_file);
+            c.auth.jwt_issuer = Some("https://idp.example".into());
+            c.auth.jwt_audience = Some("wasmgate".into());
+            c.rate_limit.enabled = true;
+            c.rate_limit.max_requests = 100;
+            c.rate_limit.tenants.insert(
+                "acme".into(),
+                LimitOverride {
+                    max_requests: Some(1),
+                    window_ms: None,
+                },
+            );
+        })
+        .spawn()
+        .await;
+    let c = client();
+    let now = unix_now();
+    let claims = |sub: &str, tenant: &str| {
+        serde_json::json!({"sub": sub, "tenant": tenant, "iss": "https://idp.example",
+                           "aud": ["other", "wasmgate"], "exp": now + 300, "nbf": now - 5})
+    };
+    let status = async |token: String| {
+        c.get(gw.url("/v1/chat"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+
+    let echo = json(
+        c.get(gw.url("/v1/chat"))
+            .bearer_auth(hs256("hs-secret", &claims("alice", "globex"))),
+    )
+    .await;
+    assert_eq!(
+        common::echoed_header(&echo, "x-gateway-identity"),
+        Some("jwt:alice")
+    );
+    assert!(common::echoed_header(&echo, "authorization").is_none());
+    assert_eq!(status(key.rs256("k1", &claims("bob", "globex"))).await, 200);
+
+    assert_eq!(
+        status(hs256("wrong-secret", &claims("eve", "globex"))).await,
+        401
+    );
+    assert_eq!(
+        status(stranger.rs256("k1", &claims("eve", "globex"))).await,
+        401
+    );
+    let mut expired = claims("eve", "globex");
+    expired["exp"] = (now - 120).into();
+    assert_eq!(status(hs256("hs-secret", &expired)).await, 401);
+    let mut early = claims("eve", "globex");
+    early["nbf"] = (now + 120).into();
+    assert_eq!(status(hs256("hs-secret", &early)).await, 401);
+    let mut foreign = claims("eve", "globex");
+    foreign["iss"] = "https://evil.example".into();
+    assert_eq!(status(hs256("hs-secret", &foreign)).await, 401);
+    let mut wrong_aud = claims("eve", "globex");
+    wrong_aud["aud"] = "someone-else".into();
+    assert_eq!(status(hs256("hs-secret", &wrong_aud)).await, 401);
+    let unsigned = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none"}"#),
+        b64(claims("eve", "globex").to_string().as_bytes())
+    );
+    assert_eq!(status(unsigned).await, 401, "alg none is refused");
+
+    // The tenant claim reaches later plugins: acme's own limit (1) applies to carol.
+    let carol = hs256("hs-secret", &claims("carol", "acme"));
+    assert_eq!(status(carol.clone()).await, 200);
+    assert_eq!(
+        status(carol).await,
+        429,
+        "the tenant's limit, keyed by identity"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

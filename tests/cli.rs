@@ -98,11 +98,22 @@ async fn acip_env_mode_reads_dotenv_and_sets_worker_threads() {
     let dir = tempdir("acip");
     std::fs::write(
         dir.join(".env"),
-        format!("FASTAPI_URL={}\nGATEWAY_HOST=127.0.0.1\nGATEWAY_PORT=0\nGATEWAY_WORKERS=3\nAUTH_TOKEN_SALT=distributed-gpu-inference-v1\n", up.url()),
+        format!("FASTAPI_URL={}\nGATEWAY_HOST=127.0.0.1\nGATEWAY_PORT=0\nGATEWAY_WORKERS=3\nAUTH_TOKEN_SALT=distributed-gpu-inference-v1\nAUTH_API_KEYS=acip-key-1,acip-key-2\n", up.url()),
     )
     .unwrap();
     let gw = GatewayProcess::spawn(wasmgate_command(&dir));
-    let echo: serde_json::Value = common::json(client().get(gw.url("/api/v1/queue/stats"))).await;
+    let refused = client()
+        .get(gw.url("/api/v1/queue/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "auth is on by default in ACIP mode");
+    let echo: serde_json::Value = common::json(
+        client()
+            .get(gw.url("/api/v1/queue/stats"))
+            .header("x-api-key", "acip-key-2"),
+    )
+    .await;
     assert_eq!(
         echo["uri"], "/api/v1/queue/stats",
         "catch-all route / to FASTAPI_URL"
@@ -117,10 +128,9 @@ async fn acip_env_mode_reads_dotenv_and_sets_worker_threads() {
         workers, 3,
         "GATEWAY_WORKERS sets the runtime's worker threads"
     );
-    assert!(
-        !gw.log().contains("distributed-gpu-inference-v1"),
-        "secrets never logged"
-    );
+    for secret in ["distributed-gpu-inference-v1", "acip-key-1", "acip-key-2"] {
+        assert!(!gw.log().contains(secret), "secrets never logged");
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -170,7 +180,9 @@ async fn sighup_reloads_the_environment_configuration() {
     let a = upstream().route("/", "a").spawn().await;
     let b = upstream().route("/", "b").spawn().await;
     let dir = tempdir("hup");
-    let env = |url: &str| format!("FASTAPI_URL={url}\nGATEWAY_HOST=127.0.0.1\nGATEWAY_PORT=0\n");
+    let env = |url: &str| {
+        format!("FASTAPI_URL={url}\nGATEWAY_HOST=127.0.0.1\nGATEWAY_PORT=0\nAUTH_ENABLED=false\n")
+    };
     std::fs::write(dir.join(".env"), env(&a.url())).unwrap();
     let gw = GatewayProcess::spawn(wasmgate_command(&dir));
     let c = client();

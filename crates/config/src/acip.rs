@@ -26,6 +26,7 @@ pub const ACIP_ENV_NAMES: &[(&str, &str)] = &[
     ("AUTH_TOKEN_HASHES", "auth.token_hashes"),
     ("AUTH_TOKEN_HASH_FORMAT", "auth.token_hash_format"),
     ("JWT_SECRET", "auth.jwt_secret"),
+    ("JWT_JWKS_FILE", "auth.jwt_jwks_file"),
     ("RATE_LIMIT_ENABLED", "rate_limit.enabled"),
     ("RATE_LIMIT_WINDOW_MS", "rate_limit.window_ms"),
     ("RATE_LIMIT_MAX_REQUESTS", "rate_limit.max_requests"),
@@ -234,6 +235,7 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
     }
     r.string("AUTH_TOKEN_HASH_FORMAT", &mut c.auth.token_hash_format);
     c.auth.jwt_secret = r.secret("JWT_SECRET");
+    c.auth.jwt_jwks_file = r.opt_string("JWT_JWKS_FILE");
 
     c.rate_limit.enabled = true;
     r.bool("RATE_LIMIT_ENABLED", &mut c.rate_limit.enabled)?;

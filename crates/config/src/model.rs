@@ -341,8 +341,23 @@ pub struct AuthConfig {
     pub token_hashes: Vec<Secret>,
     /// What is hashed: `{salt}` and `{token}` filled in (`AUTH_TOKEN_HASH_FORMAT`).
     pub token_hash_format: String,
+    /// A Redis set of valid worker token hashes that the operator fills (read only), e.g.
+    /// `auth:worker-token-hashes`; checked after `token_hashes`.
+    pub token_hash_set: Option<String>,
     /// HS256 secret for JWTs (`JWT_SECRET`).
     pub jwt_secret: Option<Secret>,
+    /// RS256 public keys as a JWKS document (`{"keys":[{"kty":"RSA","kid":..,"n":..,"e":..}]}`).
+    pub jwt_jwks: Option<String>,
+    /// A JWKS file with RS256 public keys, read at startup and on reload (`JWT_JWKS_FILE`).
+    pub jwt_jwks_file: Option<String>,
+    /// Required `iss` claim.
+    pub jwt_issuer: Option<String>,
+    /// Required audience: the `aud` claim (a string or a list) must contain it.
+    pub jwt_audience: Option<String>,
+    /// The claim that names the tenant.
+    pub jwt_tenant_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub jwt_leeway_s: u64,
 }
 
 impl Default for AuthConfig {
@@ -354,7 +369,14 @@ impl Default for AuthConfig {
             token_salt: None,
             token_hashes: Vec::new(),
             token_hash_format: "{salt}:{token}".into(),
+            token_hash_set: None,
             jwt_secret: None,
+            jwt_jwks: None,
+            jwt_jwks_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_tenant_claim: "tenant".into(),
+            jwt_leeway_s: 30,
         }
     }
 }

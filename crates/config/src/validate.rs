@@ -196,6 +196,14 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
             "must contain `{token}` (e.g. `{salt}:{token}`)".into(),
         );
     }
+    if let Some(set) = &c.auth.token_hash_set {
+        if set.is_empty() || set.contains(['*', '?', '[', ']']) {
+            return err(
+                "auth.token_hash_set".into(),
+                "must be the exact key of a Redis set (no glob characters)".into(),
+            );
+        }
+    }
     if c.rate_limit.window_ms == 0 || c.rate_limit.max_requests == 0 {
         return err(
             "rate_limit.window_ms".into(),

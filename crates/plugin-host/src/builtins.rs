@@ -2,7 +2,8 @@
 //! each configured from its section of the gateway configuration (or the ACIP `.env` names)
 //! and loaded like a folder plugin. A folder plugin with the same name replaces a built-in.
 //!
-//! Chain order (lower first; folder plugins default to 0): `rate-limit` -300.
+//! Chain order (lower first; folder plugins default to 0): `auth` -400, `rate-limit` -300
+//! (so limits can key on the authenticated identity).
 use std::sync::Arc;
 
 use serde_json::json;
@@ -11,6 +12,8 @@ use wasmgate_config::Config;
 use crate::settings::{FailPolicy, PluginSettings};
 use crate::{guests, LoadedPlugin, PluginRuntime, PluginSource};
 
+/// Position of `auth` in the chain.
+pub const AUTH_ORDER: i64 = -400;
 /// Position of `rate-limit` in the chain.
 pub const RATE_LIMIT_ORDER: i64 = -300;
 
@@ -22,9 +25,93 @@ fn wasm(name: &str) -> &'static [u8] {
         .unwrap_or_else(|| panic!("built-in `{name}` is not embedded (build.rs BUILTINS)"))
 }
 
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// The RS256 keys of a JWKS document: `[{"kid", "n", "e"}]`.
+fn jwks_rsa_keys(doc: &str, what: &str) -> Result<Vec<serde_json::Value>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(doc).map_err(|e| format!("{what}: not a JWKS document: {e}"))?;
+    let keys = v["keys"]
+        .as_array()
+        .ok_or_else(|| format!("{what}: a JWKS document has a `keys` list"))?;
+    Ok(keys
+        .iter()
+        .filter(|k| k["kty"] == "RSA" && k["n"].is_string() && k["e"].is_string())
+        .map(|k| json!({"kid": k["kid"], "n": k["n"], "e": k["e"]}))
+        .collect())
+}
+
+/// The `auth` built-in's `init` config: plain API keys become their sha256 (the plugin never
+/// holds them), JWKS keys are read from the config and the JWKS file.
+fn auth_settings(config: &Config) -> Result<PluginSettings, String> {
+    let a = &config.auth;
+    let mut api_keys: Vec<serde_json::Value> = Vec::new();
+    for hash in a.api_keys.iter().map(|k| sha256_hex(k.expose())).chain(
+        a.api_key_hashes
+            .iter()
+            .map(|h| h.expose().to_ascii_lowercase()),
+    ) {
+        api_keys.push(json!({"id": &hash[..hash.len().min(8)], "sha256": hash}));
+    }
+    let mut rsa = Vec::new();
+    if let Some(doc) = &a.jwt_jwks {
+        rsa.extend(jwks_rsa_keys(doc, "auth.jwt_jwks")?);
+    }
+    if let Some(path) = &a.jwt_jwks_file {
+        let doc = std::fs::read_to_string(path)
+            .map_err(|e| format!("auth.jwt_jwks_file `{path}`: {e}"))?;
+        rsa.extend(jwks_rsa_keys(
+            &doc,
+            &format!("auth.jwt_jwks_file `{path}`"),
+        )?);
+    }
+    if api_keys.is_empty()
+        && a.token_hashes.is_empty()
+        && a.token_hash_set.is_none()
+        && a.jwt_secret.is_none()
+        && rsa.is_empty()
+    {
+        tracing::warn!("auth is enabled but no credential is configured: every routed request is refused (set AUTH_API_KEYS, AUTH_TOKEN_HASHES or JWT_SECRET, or AUTH_ENABLED=false)");
+    }
+    let init = json!({
+        "api_keys": api_keys,
+        "token_salt": a.token_salt.as_ref().map(|s| s.expose()).unwrap_or_default(),
+        "token_hash_format": a.token_hash_format,
+        "token_hashes": a.token_hashes.iter().map(|h| h.expose().to_ascii_lowercase()).collect::<Vec<_>>(),
+        "token_hash_set": a.token_hash_set,
+        "jwt_secret": a.jwt_secret.as_ref().map(|s| s.expose()),
+        "jwt_rsa_keys": rsa,
+        "jwt_issuer": a.jwt_issuer,
+        "jwt_audience": a.jwt_audience,
+        "jwt_tenant_claim": a.jwt_tenant_claim,
+        "jwt_leeway_s": a.jwt_leeway_s,
+    });
+    let mut grants = vec!["metrics".to_string()];
+    let mut kv_read = Vec::new();
+    if let Some(set) = &a.token_hash_set {
+        grants.push("kv".into());
+        kv_read.push(set.clone());
+    }
+    Ok(PluginSettings {
+        grants,
+        kv_read,
+        namespace: Some("auth".into()),
+        config_json: init.to_string(),
+        order: AUTH_ORDER,
+        fail_policy: FailPolicy::FailClosed,
+        ..Default::default()
+    })
+}
+
 /// The built-ins `config` enables, with their settings.
-pub fn enabled(config: &Config) -> Vec<(&'static str, PluginSettings)> {
+pub fn enabled(config: &Config) -> Result<Vec<(&'static str, PluginSettings)>, String> {
     let mut out = Vec::new();
+    if config.auth.enabled {
+        out.push(("auth", auth_settings(config)?));
+    }
     let rl = &config.rate_limit;
     if rl.enabled {
         let init = json!({
@@ -51,19 +138,19 @@ pub fn enabled(config: &Config) -> Vec<(&'static str, PluginSettings)> {
             },
         ));
     }
-    out
+    Ok(out)
 }
 
 /// Whether two configurations configure the built-ins differently.
 pub fn differ(a: &Config, b: &Config) -> bool {
-    a.rate_limit != b.rate_limit
+    a.rate_limit != b.rate_limit || a.auth != b.auth
 }
 
 /// Loads the built-ins `config` enables and installs them in the running chain (replacing the
 /// previous built-ins; folder plugins are kept). On error nothing changes.
 pub async fn configure(runtime: &PluginRuntime, config: &Config) -> Result<(), String> {
     let mut loaded: Vec<Arc<LoadedPlugin>> = Vec::new();
-    for (name, settings) in enabled(config) {
+    for (name, settings) in enabled(config)? {
         let p = runtime
             .load(PluginSource::Builtin, wasm(name), settings)
             .await

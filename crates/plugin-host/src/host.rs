@@ -486,6 +486,24 @@ impl crypto::Host for HostState {
         use subtle::ConstantTimeEq;
         a.len() == b.len() && bool::from(a.ct_eq(&b))
     }
+    fn rsa_pkcs1_sha256_verify(
+        &mut self,
+        modulus: Vec<u8>,
+        exponent: Vec<u8>,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> bool {
+        let key = ring::signature::RsaPublicKeyComponents {
+            n: &modulus,
+            e: &exponent,
+        };
+        key.verify(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            &message,
+            &signature,
+        )
+        .is_ok()
+    }
     fn random_bytes(&mut self, len: u32) -> Vec<u8> {
         let mut v = vec![0u8; len.min(1024) as usize];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut v);

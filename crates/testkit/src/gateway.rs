@@ -82,7 +82,9 @@ impl GatewayBuilder {
             .expect("state store opens");
         let services =
             wasmgate_plugin_host::HostServices::from_state(&state, &self.config.redis.key_prefix);
-        let builtins = !wasmgate_plugin_host::builtins::enabled(&self.config).is_empty();
+        let builtins = !wasmgate_plugin_host::builtins::enabled(&self.config)
+            .expect("built-in settings")
+            .is_empty();
         let plugins = match &self.plugins_dir {
             Some(dir) => Some(
                 wasmgate_plugin_host::folder::start(dir, None, services.clone())

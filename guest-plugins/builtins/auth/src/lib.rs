@@ -1,0 +1,368 @@
+//! The `auth` built-in (docs/plugins/auth.md).
+//!
+//! Accepts, in this order:
+//! - `X-Worker-Token`: valid when hex(sha256(format with `{salt}` and `{token}` filled in)) is
+//!   among the configured hashes or in the operator's Redis set (read-only grant). Forwarded:
+//!   the backend checks it too.
+//! - `X-API-Key: <key>` or `Authorization: Bearer <key>`: valid when sha256(key) is among the
+//!   configured key hashes (plain keys are hashed by the host before they reach the plugin).
+//! - `Authorization: Bearer <jwt>`: HS256 (shared secret) or RS256 (JWKS), with `exp`, `nbf`,
+//!   `iss` and `aud` checked.
+//!
+//! Every comparison of a secret is constant-time (`crypto.constant-time-eq`, over every
+//! candidate). The caller's identity (`key:<id>`, `worker:<hash prefix>`, `jwt:<sub>`) and
+//! tenant become request properties and the `X-Gateway-Identity` header upstream (a client's own
+//! `X-Gateway-Identity` is always removed); the gateway's credential (API key or bearer) is
+//! removed before forwarding. Otherwise `401 unauthorized` with `WWW-Authenticate`.
+use base64::Engine;
+use wasmgate_plugin_sdk::prelude::*;
+
+#[derive(serde::Deserialize)]
+struct ApiKey {
+    id: String,
+    sha256: String,
+}
+
+#[derive(serde::Deserialize, Clone)]
+struct RsaKey {
+    kid: Option<String>,
+    n: String,
+    e: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default)]
+    api_keys: Vec<ApiKey>,
+    #[serde(default)]
+    token_salt: String,
+    #[serde(default = "default_format")]
+    token_hash_format: String,
+    #[serde(default)]
+    token_hashes: Vec<String>,
+    token_hash_set: Option<String>,
+    jwt_secret: Option<String>,
+    #[serde(default)]
+    jwt_rsa_keys: Vec<RsaKey>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    #[serde(default = "default_tenant_claim")]
+    jwt_tenant_claim: String,
+    #[serde(default = "default_leeway")]
+    jwt_leeway_s: u64,
+}
+
+fn default_format() -> String {
+    "{salt}:{token}".into()
+}
+fn default_tenant_claim() -> String {
+    "tenant".into()
+}
+fn default_leeway() -> u64 {
+    30
+}
+
+struct Auth {
+    s: Settings,
+    /// Decoded API key hashes, with their ids.
+    keys: Vec<(String, Vec<u8>)>,
+    /// Decoded worker token hashes.
+    token_hashes: Vec<Vec<u8>>,
+    /// Decoded RS256 keys: (kid, n, e).
+    rsa: Vec<(Option<String>, Vec<u8>, Vec<u8>)>,
+}
+
+/// A verified caller.
+struct Caller {
+    identity: String,
+    tenant: Option<String>,
+}
+
+enum Failure {
+    /// No credential at all.
+    Missing,
+    /// A credential that does not verify (the message says which kind, never why in detail).
+    Invalid(&'static str),
+    /// The token store could not be asked.
+    Unavailable,
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn b64url(s: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .ok()
+}
+
+/// Whether `candidate` equals any of `known`, comparing with every one in constant time.
+fn matches_any<'a>(candidate: &[u8], known: impl Iterator<Item = &'a [u8]>) -> Option<usize> {
+    let mut found = None;
+    for (i, k) in known.enumerate() {
+        if crypto::constant_time_eq(candidate, k) && found.is_none() {
+            found = Some(i);
+        }
+    }
+    found
+}
+
+fn now_s() -> u64 {
+    clock::now_ms() / 1000
+}
+
+impl Auth {
+    fn worker_token(&self, token: &str) -> Result<Caller, Failure> {
+        let material = self
+            .s
+            .token_hash_format
+            .replace("{salt}", &self.s.token_salt)
+            .replace("{token}", token);
+        let hash = crypto::sha256(material.as_bytes());
+        let hash_hex = hex(&hash);
+        let known = matches_any(&hash, self.token_hashes.iter().map(Vec::as_slice)).is_some();
+        let known = known
+            || match &self.s.token_hash_set {
+                Some(set) => match kv::shared_set_contains(set, &hash_hex) {
+                    Ok(found) => found,
+                    Err(kv::KvError::Unavailable(_)) => return Err(Failure::Unavailable),
+                    Err(e) => {
+                        log::log(log::Level::Warn, &format!("token hash set: {e:?}"));
+                        false
+                    }
+                },
+                None => false,
+            };
+        if known {
+            Ok(Caller {
+                identity: format!("worker:{}", &hash_hex[..12]),
+                tenant: None,
+            })
+        } else {
+            Err(Failure::Invalid("worker token"))
+        }
+    }
+
+    fn api_key(&self, key: &str) -> Result<Caller, Failure> {
+        let hash = crypto::sha256(key.as_bytes());
+        match matches_any(&hash, self.keys.iter().map(|(_, h)| h.as_slice())) {
+            Some(i) => Ok(Caller {
+                identity: format!("key:{}", self.keys[i].0),
+                tenant: None,
+            }),
+            None => Err(Failure::Invalid("API key")),
+        }
+    }
+
+    fn jwt(&self, token: &str) -> Result<Caller, Failure> {
+        let bad = Failure::Invalid("token");
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad);
+        };
+        let header: serde_json::Value =
+            serde_json::from_slice(&b64url(h).ok_or(Failure::Invalid("token"))?)
+                .map_err(|_| Failure::Invalid("token"))?;
+        let sig = b64url(sig).ok_or(Failure::Invalid("token"))?;
+        let signed = format!("{h}.{p}");
+        let verified = match header["alg"].as_str() {
+            Some("HS256") => match &self.s.jwt_secret {
+                Some(secret) => {
+                    let mac = crypto::hmac_sha256(secret.as_bytes(), signed.as_bytes());
+                    crypto::constant_time_eq(&mac, &sig)
+                }
+                None => false,
+            },
+            Some("RS256") => {
+                let kid = header["kid"].as_str();
+                self.rsa
+                    .iter()
+                    .filter(|(k, _, _)| kid.is_none() || k.as_deref() == kid)
+                    .any(|(_, n, e)| crypto::rsa_pkcs1_sha256_verify(n, e, signed.as_bytes(), &sig))
+            }
+            // `none` and every other algorithm are refused.
+            _ => false,
+        };
+        if !verified {
+            return Err(Failure::Invalid("token"));
+        }
+        let claims: serde_json::Value =
+            serde_json::from_slice(&b64url(p).ok_or(Failure::Invalid("token"))?)
+                .map_err(|_| Failure::Invalid("token"))?;
+        let now = now_s();
+        let leeway = self.s.jwt_leeway_s;
+        if claims["exp"].as_u64().is_some_and(|exp| now > exp + leeway) {
+            return Err(Failure::Invalid("token (expired)"));
+        }
+        if claims["nbf"].as_u64().is_some_and(|nbf| now + leeway < nbf) {
+            return Err(Failure::Invalid("token (not yet valid)"));
+        }
+        if let Some(iss) = &self.s.jwt_issuer {
+            if claims["iss"].as_str() != Some(iss.as_str()) {
+                return Err(Failure::Invalid("token (issuer)"));
+            }
+        }
+        if let Some(aud) = &self.s.jwt_audience {
+            let ok = match &claims["aud"] {
+                serde_json::Value::String(a) => a == aud,
+                serde_json::Value::Array(list) => list.iter().any(|a| a.as_str() == Some(aud)),
+                _ => false,
+            };
+            if !ok {
+                return Err(Failure::Invalid("token (audience)"));
+            }
+        }
+        let sub = claims["sub"].as_str().unwrap_or("anonymous");
+        Ok(Caller {
+            identity: format!("jwt:{sub}"),
+            tenant: claims[self.s.jwt_tenant_claim.as_str()]
+                .as_str()
+                .map(str::to_string),
+        })
+    }
+
+    fn authenticate(&self) -> Result<Caller, Failure> {
+        if let Some(token) = request::get_header("x-worker-token") {
+            return self.worker_token(token.trim());
+        }
+        if let Some(key) = request::get_header("x-api-key") {
+            let r = self.api_key(key.trim());
+            request::remove_header("x-api-key");
+            return r;
+        }
+        if let Some(auth) = request::get_header("authorization") {
+            let Some(cred) = auth
+                .strip_prefix("Bearer ")
+                .or_else(|| auth.strip_prefix("bearer "))
+            else {
+                return Err(Failure::Invalid("authorization scheme (use Bearer)"));
+            };
+            let cred = cred.trim();
+            let r = if cred.matches('.').count() == 2 {
+                self.jwt(cred)
+            } else {
+                self.api_key(cred)
+            };
+            request::remove_header("authorization");
+            return r;
+        }
+        Err(Failure::Missing)
+    }
+}
+
+impl Plugin for Auth {
+    fn new(config: Config) -> Result<Self, String> {
+        let s: Settings = config.parse()?;
+        let keys = s
+            .api_keys
+            .iter()
+            .map(|k| {
+                hex_decode(&k.sha256)
+                    .filter(|h| h.len() == 32)
+                    .map(|h| (k.id.clone(), h))
+                    .ok_or_else(|| format!("api key `{}`: sha256 must be 64 hex digits", k.id))
+            })
+            .collect::<Result<_, _>>()?;
+        let token_hashes = s
+            .token_hashes
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                hex_decode(h)
+                    .filter(|h| h.len() == 32)
+                    .ok_or_else(|| format!("token_hashes[{i}] must be 64 hex digits"))
+            })
+            .collect::<Result<_, _>>()?;
+        let rsa = s
+            .jwt_rsa_keys
+            .iter()
+            .map(|k| match (b64url(&k.n), b64url(&k.e)) {
+                (Some(n), Some(e)) => Ok((k.kid.clone(), n, e)),
+                _ => Err(format!("JWKS key {:?}: n and e must be base64url", k.kid)),
+            })
+            .collect::<Result<_, _>>()?;
+        if !s.token_hash_format.contains("{token}") {
+            return Err("token_hash_format must contain {token}".into());
+        }
+        Ok(Auth {
+            s,
+            keys,
+            token_hashes,
+            rsa,
+        })
+    }
+
+    fn info(&self) -> Info {
+        let mut info = Info::new("auth", env!("CARGO_PKG_VERSION"))
+            .phase(Phase::RequestHeaders)
+            .capability("metrics");
+        if self.s.token_hash_set.is_some() {
+            info = info.capability("kv");
+        }
+        info
+    }
+
+    fn on_request_headers(&mut self) -> Action {
+        // Only the gateway says who the caller is.
+        request::remove_header("x-gateway-identity");
+        match self.authenticate() {
+            Ok(caller) => {
+                metrics::counter_add("accepted", 1);
+                request::set_property("identity", &caller.identity);
+                if let Some(t) = &caller.tenant {
+                    request::set_property("tenant", t);
+                }
+                request::set_header("x-gateway-identity", &caller.identity);
+                Action::Continue
+            }
+            Err(Failure::Unavailable) => {
+                metrics::counter_add("rejected_unavailable", 1);
+                Action::error(
+                    503,
+                    "auth_unavailable",
+                    "credentials cannot be checked right now",
+                )
+            }
+            Err(f) => {
+                let (reason, message, challenge) = match f {
+                    Failure::Missing => (
+                        "missing",
+                        "a credential is required: X-API-Key, Authorization: Bearer, or X-Worker-Token".to_string(),
+                        r#"Bearer realm="wasmgate""#,
+                    ),
+                    Failure::Invalid(what) => (
+                        "invalid",
+                        format!("invalid {what}"),
+                        r#"Bearer realm="wasmgate", error="invalid_token""#,
+                    ),
+                    Failure::Unavailable => unreachable!(),
+                };
+                metrics::counter_add(&format!("rejected_{reason}"), 1);
+                let mut action = Action::error(401, "unauthorized", &message);
+                if let Action::Respond(r) = &mut action {
+                    r.headers.push(Header {
+                        name: "www-authenticate".into(),
+                        value: challenge.into(),
+                    });
+                }
+                action
+            }
+        }
+    }
+}
+
+export_plugin!(Auth);
