@@ -571,3 +571,114 @@ async fn jwts_hs256_and_rs256_with_claims_checked_and_tenants_for_later_plugins(
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_preflights_before_auth_and_marks_allowed_responses() {
+    let up = upstream().spawn().await;
+    let gw = gateway()
+        .upstream(&up)
+        .config(|c| {
+            c.cors.enabled = true;
+            c.cors.origins = vec!["https://app.example".into()];
+            c.cors.credentials = true;
+            c.auth.enabled = true;
+            c.auth.api_keys = vec![wasmgate_config::Secret::new("k1")];
+        })
+        .spawn()
+        .await;
+    let c = client();
+    let before = up.request_count();
+    let r = c
+        .request(reqwest::Method::OPTIONS, gw.url("/v1/chat/completions"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "answered without a credential");
+    assert_eq!(
+        header(&r, "access-control-allow-origin"),
+        "https://app.example"
+    );
+    assert_eq!(header(&r, "access-control-allow-credentials"), "true");
+    assert!(header(&r, "access-control-allow-methods").contains("POST"));
+    assert!(header(&r, "access-control-allow-headers").contains("authorization"));
+    assert_eq!(header(&r, "access-control-max-age"), "600");
+    assert_eq!(
+        up.request_count(),
+        before,
+        "preflights never reach the upstream"
+    );
+
+    let r = c
+        .request(reqwest::Method::OPTIONS, gw.url("/v1/chat/completions"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    expect_error(r, 403, "cors_forbidden").await;
+
+    let r = c
+        .get(gw.url("/v1/models"))
+        .header("origin", "https://app.example")
+        .header("x-api-key", "k1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "access-control-allow-origin"),
+        "https://app.example"
+    );
+    assert_eq!(header(&r, "vary"), "Origin");
+    assert!(header(&r, "access-control-expose-headers").contains("x-request-id"));
+    let r = c
+        .get(gw.url("/v1/models"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        header(&r, "access-control-allow-origin"),
+        "https://app.example",
+        "a browser can read the refusal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_headers_are_added_and_configurable() {
+    let up = upstream().spawn().await;
+    let gw = gateway()
+        .upstream(&up)
+        .config(|c| {
+            c.security_headers.enabled = true;
+            c.security_headers
+                .headers
+                .insert("X-Frame-Options".into(), "DENY".into());
+            c.security_headers
+                .headers
+                .insert("referrer-policy".into(), String::new());
+        })
+        .spawn()
+        .await;
+    let r = client().get(gw.url("/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-content-type-options"), "nosniff");
+    assert_eq!(header(&r, "cross-origin-opener-policy"), "same-origin");
+    assert_eq!(header(&r, "x-frame-options"), "DENY", "overridden");
+    assert!(
+        r.headers().get("referrer-policy").is_none(),
+        "removed by an empty value"
+    );
+    assert!(
+        r.headers().get("strict-transport-security").is_none(),
+        "HSTS only when the gateway listens with TLS"
+    );
+}

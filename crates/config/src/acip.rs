@@ -50,6 +50,7 @@ pub const ACIP_ENV_NAMES: &[(&str, &str)] = &[
     ("LOG_LEVEL", "log.level"),
     ("LOG_FORMAT", "log.format"),
     ("CORS_ENABLED", "cors.enabled"),
+    ("SECURITY_HEADERS_ENABLED", "security_headers.enabled"),
     ("CORS_ORIGIN", "cors.origins"),
     ("CORS_METHODS", "cors.methods"),
     ("PLUGINS_DIR", "plugins.dir"),
@@ -298,6 +299,8 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
 
     c.cors.enabled = true;
     r.bool("CORS_ENABLED", &mut c.cors.enabled)?;
+    c.security_headers.enabled = true;
+    r.bool("SECURITY_HEADERS_ENABLED", &mut c.security_headers.enabled)?;
     if let Some(o) = r.list("CORS_ORIGIN") {
         c.cors.origins = o;
     }

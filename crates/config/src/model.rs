@@ -43,6 +43,8 @@ pub struct Config {
     pub workers: WorkersConfig,
     /// The cors built-in.
     pub cors: CorsConfig,
+    /// The security-headers built-in.
+    pub security_headers: SecurityHeadersConfig,
     /// The request-signing built-in.
     pub request_signing: RequestSigningConfig,
 }
@@ -527,6 +529,14 @@ pub struct CorsConfig {
     pub origins: Vec<String>,
     /// Allowed methods (`CORS_METHODS`).
     pub methods: Vec<String>,
+    /// Request headers a cross-origin request may send.
+    pub headers: Vec<String>,
+    /// Response headers a browser script may read.
+    pub expose_headers: Vec<String>,
+    /// Allow credentials (cookies, `Authorization`); needs explicit origins.
+    pub credentials: bool,
+    /// How long a browser may cache a preflight answer, in seconds.
+    pub max_age_s: u64,
 }
 
 impl Default for CorsConfig {
@@ -537,6 +547,51 @@ impl Default for CorsConfig {
             methods: ["GET", "POST", "PUT", "DELETE", "OPTIONS"]
                 .map(String::from)
                 .to_vec(),
+            headers: [
+                "authorization",
+                "content-type",
+                "x-api-key",
+                "x-worker-token",
+                "x-request-id",
+                "traceparent",
+            ]
+            .map(String::from)
+            .to_vec(),
+            expose_headers: [
+                "x-request-id",
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset",
+                "retry-after",
+                "x-gateway-cache",
+            ]
+            .map(String::from)
+            .to_vec(),
+            credentials: false,
+            max_age_s: 600,
+        }
+    }
+}
+
+/// `[security_headers]`: the headers helmet sets by default, added to responses that do not
+/// carry them already.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityHeadersConfig {
+    /// Add them (`SECURITY_HEADERS_ENABLED`; on by default in ACIP mode, as helmet was).
+    pub enabled: bool,
+    /// Overrides: header name → value; an empty value removes a default.
+    pub headers: BTreeMap<String, String>,
+    /// `Strict-Transport-Security` when the gateway listens with TLS (empty = none).
+    pub hsts: String,
+}
+
+impl Default for SecurityHeadersConfig {
+    fn default() -> Self {
+        SecurityHeadersConfig {
+            enabled: false,
+            headers: BTreeMap::new(),
+            hsts: "max-age=31536000; includeSubDomains".into(),
         }
     }
 }

@@ -196,6 +196,20 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
             "must contain `{token}` (e.g. `{salt}:{token}`)".into(),
         );
     }
+    if c.cors.enabled && c.cors.credentials && c.cors.origins.iter().any(|o| o == "*") {
+        return err(
+            "cors.credentials".into(),
+            "cannot be true while cors.origins allows any origin (`*`): list the origins".into(),
+        );
+    }
+    for name in c.security_headers.headers.keys() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return err(
+                format!("security_headers.headers.{name}"),
+                "is not a valid header name".into(),
+            );
+        }
+    }
     if let Some(set) = &c.auth.token_hash_set {
         if set.is_empty() || set.contains(['*', '?', '[', ']']) {
             return err(

@@ -2,8 +2,10 @@
 //! each configured from its section of the gateway configuration (or the ACIP `.env` names)
 //! and loaded like a folder plugin. A folder plugin with the same name replaces a built-in.
 //!
-//! Chain order (lower first; folder plugins default to 0): `auth` -400, `rate-limit` -300
-//! (so limits can key on the authenticated identity).
+//! Chain order (lower first; folder plugins default to 0): `cors` -500 (preflights are
+//! answered before credentials are asked for), `auth` -400, `rate-limit` -300 (so limits can
+//! key on the authenticated identity), `security-headers` -600 (its response phase runs last:
+//! response phases run in reverse order).
 use std::sync::Arc;
 
 use serde_json::json;
@@ -12,6 +14,10 @@ use wasmgate_config::Config;
 use crate::settings::{FailPolicy, PluginSettings};
 use crate::{guests, LoadedPlugin, PluginRuntime, PluginSource};
 
+/// Position of `security-headers` in the chain.
+pub const SECURITY_HEADERS_ORDER: i64 = -600;
+/// Position of `cors` in the chain.
+pub const CORS_ORDER: i64 = -500;
 /// Position of `auth` in the chain.
 pub const AUTH_ORDER: i64 = -400;
 /// Position of `rate-limit` in the chain.
@@ -109,6 +115,60 @@ fn auth_settings(config: &Config) -> Result<PluginSettings, String> {
 /// The built-ins `config` enables, with their settings.
 pub fn enabled(config: &Config) -> Result<Vec<(&'static str, PluginSettings)>, String> {
     let mut out = Vec::new();
+    let sh = &config.security_headers;
+    if sh.enabled {
+        let mut headers: std::collections::BTreeMap<String, String> = [
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "SAMEORIGIN"),
+            ("referrer-policy", "no-referrer"),
+            ("cross-origin-opener-policy", "same-origin"),
+            ("cross-origin-resource-policy", "same-origin"),
+            ("origin-agent-cluster", "?1"),
+            ("x-dns-prefetch-control", "off"),
+            ("x-download-options", "noopen"),
+            ("x-permitted-cross-domain-policies", "none"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        if config.server.tls.is_some() && !sh.hsts.is_empty() {
+            headers.insert("strict-transport-security".into(), sh.hsts.clone());
+        }
+        for (k, v) in &sh.headers {
+            headers.insert(k.to_ascii_lowercase(), v.clone());
+        }
+        headers.retain(|_, v| !v.is_empty());
+        let pairs: Vec<(String, String)> = headers.into_iter().collect();
+        out.push((
+            "security-headers",
+            PluginSettings {
+                config_json: json!({ "headers": pairs }).to_string(),
+                order: SECURITY_HEADERS_ORDER,
+                fail_policy: FailPolicy::FailOpen,
+                ..Default::default()
+            },
+        ));
+    }
+    let cors = &config.cors;
+    if cors.enabled {
+        let init = json!({
+            "origins": cors.origins,
+            "methods": cors.methods,
+            "headers": cors.headers,
+            "expose_headers": cors.expose_headers,
+            "credentials": cors.credentials,
+            "max_age_s": cors.max_age_s,
+        });
+        out.push((
+            "cors",
+            PluginSettings {
+                config_json: init.to_string(),
+                order: CORS_ORDER,
+                fail_policy: FailPolicy::FailOpen,
+                ..Default::default()
+            },
+        ));
+    }
     if config.auth.enabled {
         out.push(("auth", auth_settings(config)?));
     }
@@ -143,7 +203,11 @@ pub fn enabled(config: &Config) -> Result<Vec<(&'static str, PluginSettings)>, S
 
 /// Whether two configurations configure the built-ins differently.
 pub fn differ(a: &Config, b: &Config) -> bool {
-    a.rate_limit != b.rate_limit || a.auth != b.auth
+    a.rate_limit != b.rate_limit
+        || a.auth != b.auth
+        || a.cors != b.cors
+        || a.security_headers != b.security_headers
+        || a.server.tls.is_some() != b.server.tls.is_some()
 }
 
 /// Loads the built-ins `config` enables and installs them in the running chain (replacing the
