@@ -20,6 +20,10 @@ sim *ARGS:
 bench-proxy:
     cargo bench --bench proxy_load
 
+# The built-in chain (auth, rate-limit) on memory and on Redis vs no plugins
+bench-builtins:
+    cargo bench --bench builtins_load
+
 # Store operations on memory and Redis: ops/s, p50/p99 (docs/performance.md)
 bench-state:
     cargo bench --bench state_ops

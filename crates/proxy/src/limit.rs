@@ -24,18 +24,20 @@ impl InFlightLimit {
     }
 
     /// Takes a slot, or `None` when all `max` are taken.
+    /// A compare-and-swap loop, not add-then-undo: a request refused at the cap never
+    /// inflates the count, so it cannot make a concurrent request fail spuriously.
     pub fn try_acquire(self: &Arc<Self>) -> Option<InFlightPermit> {
-        let prev = self.current.fetch_add(1, Ordering::AcqRel);
-        if prev >= self.max {
-            self.current.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(InFlightPermit(self.clone()))
+        self.current
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlightPermit(self.clone()))
     }
 
     /// Slots taken now.
     pub fn in_flight(&self) -> usize {
-        self.current.load(Ordering::Acquire).min(self.max)
+        self.current.load(Ordering::Acquire)
     }
 }
 
@@ -64,13 +66,18 @@ mod tests {
     fn concurrent_holders_never_exceed_the_cap() {
         let l = InFlightLimit::new(3);
         let peak = Arc::new(AtomicUsize::new(0));
+        // Holders are counted by the test itself, not read from the limit.
+        let holders = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
-                let (l, peak) = (l.clone(), peak.clone());
+                let (l, peak, holders) = (l.clone(), peak.clone(), holders.clone());
                 std::thread::spawn(move || {
                     for _ in 0..10_000 {
                         if let Some(p) = l.try_acquire() {
-                            peak.fetch_max(l.current.load(Ordering::Acquire), Ordering::AcqRel);
+                            let now = holders.fetch_add(1, Ordering::AcqRel) + 1;
+                            peak.fetch_max(now, Ordering::AcqRel);
+                            assert!(l.in_flight() <= 3, "the count never passes the cap");
+                            holders.fetch_sub(1, Ordering::AcqRel);
                             drop(p);
                         }
                     }

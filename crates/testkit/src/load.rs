@@ -164,11 +164,24 @@ pub async fn run_load(
     connections: usize,
     duration: Duration,
 ) -> LoadResult {
+    run_load_with(addr, path, &[], connections, duration).await
+}
+
+/// [`run_load`] with extra request headers (a credential, say).
+pub async fn run_load_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&'static str, &'static str)],
+    connections: usize,
+    duration: Duration,
+) -> LoadResult {
+    let headers = headers.to_vec();
     let start = Instant::now();
     let end = start + duration;
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let path = path.to_string();
+        let headers = headers.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(4096);
             let mut errors = 0u64;
@@ -184,11 +197,13 @@ pub async fn run_load(
             };
             tokio::spawn(conn);
             while Instant::now() < end {
-                let req = Request::get(path.as_str())
+                let mut req = Request::get(path.as_str())
                     .header("host", addr.to_string())
-                    .header("user-agent", "wasmgate-load")
-                    .body(Empty::new())
-                    .unwrap();
+                    .header("user-agent", "wasmgate-load");
+                for (name, value) in &headers {
+                    req = req.header(*name, *value);
+                }
+                let req = req.body(Empty::new()).unwrap();
                 let t = Instant::now();
                 match send.send_request(req).await {
                     Ok(resp) => {
