@@ -2,7 +2,8 @@
 //! window, a limit never reached) on memory state, and on Redis, against the gateway with no
 //! plugins; same upstream and load generator as bench-proxy, one worker thread per gateway,
 //! interleaved rounds, medians of per-round ratios. Targets: memory >= 0.8, Redis >= 0.5.
-//! `cargo bench --bench builtins_load` (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONNECTIONS).
+//! `cargo bench --bench builtins_load` (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONNECTIONS;
+//! BENCH_CHAIN=auth or BENCH_CHAIN=rate-limit runs one built-in alone).
 //! The router built-in is not in the chain yet (issue #5 remains open for it).
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,9 +18,11 @@ const KEY: (&str, &str) = ("x-api-key", "bench-key-1");
 
 fn chain_config(upstream: SocketAddr, redis: Option<String>) -> Config {
     let mut c = single_route_config(upstream);
-    c.auth.enabled = true;
+    // BENCH_CHAIN=auth or rate-limit measures one of the two alone.
+    let only = std::env::var("BENCH_CHAIN").unwrap_or_default();
+    c.auth.enabled = only != "rate-limit";
     c.auth.api_keys = vec![Secret::new(KEY.1)];
-    c.rate_limit.enabled = true;
+    c.rate_limit.enabled = only != "auth";
     c.rate_limit.max_requests = u64::MAX >> 2;
     c.rate_limit.window_ms = 1_000;
     c.redis.url = redis.map(Secret::new);
@@ -38,7 +41,7 @@ fn gateway(name: &str, config: Config, builtins: bool) -> SocketAddr {
             wasmgate_plugin_host::builtins::configure(&rt, &config)
                 .await
                 .unwrap();
-            assert_eq!(rt.chain().plugins.len(), 2, "auth and rate-limit");
+            assert!(!rt.chain().plugins.is_empty(), "the chain loaded");
             Some(rt)
         } else {
             None

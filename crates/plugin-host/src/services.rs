@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use wasmgate_state::{MemoryStore, Store, WorkerRegistry, WorkerRegistryOptions};
 
-/// Plugins' own metrics, by plugin and name.
+/// Plugins' own metrics, by plugin and name. Updating an existing series allocates nothing
+/// (it is on every request of a plugin that counts).
 #[derive(Debug, Default)]
 pub struct PluginMetrics {
-    counters: Mutex<HashMap<(String, String), u64>>,
-    histograms: Mutex<HashMap<(String, String), (u64, f64)>>,
+    counters: Mutex<HashMap<String, HashMap<String, u64>>>,
+    histograms: Mutex<HashMap<String, HashMap<String, (u64, f64)>>>,
 }
 
 /// Metric names plugins may use: `[a-z0-9_]{1,64}` (anything else is dropped).
@@ -22,23 +23,34 @@ fn valid_metric_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// The series `(plugin, name)` of `map`, created on first use.
+fn series<'m, V: Default>(
+    map: &'m mut HashMap<String, HashMap<String, V>>,
+    plugin: &str,
+    name: &str,
+) -> &'m mut V {
+    if !map.contains_key(plugin) {
+        map.insert(plugin.to_string(), HashMap::new());
+    }
+    let by_name = map.get_mut(plugin).expect("inserted");
+    if !by_name.contains_key(name) {
+        by_name.insert(name.to_string(), V::default());
+    }
+    by_name.get_mut(name).expect("inserted")
+}
+
 impl PluginMetrics {
     /// Adds to a counter.
     pub fn counter_add(&self, plugin: &str, name: &str, value: u64) {
         if valid_metric_name(name) {
-            *self
-                .counters
-                .lock()
-                .unwrap()
-                .entry((plugin.to_string(), name.to_string()))
-                .or_default() += value;
+            *series(&mut self.counters.lock().unwrap(), plugin, name) += value;
         }
     }
     /// Records a histogram observation (count and sum kept).
     pub fn observe(&self, plugin: &str, name: &str, value: f64) {
         if valid_metric_name(name) && value.is_finite() {
             let mut h = self.histograms.lock().unwrap();
-            let e = h.entry((plugin.to_string(), name.to_string())).or_default();
+            let e = series(&mut h, plugin, name);
             e.0 += 1;
             e.1 += value;
         }
@@ -48,7 +60,8 @@ impl PluginMetrics {
         self.counters
             .lock()
             .unwrap()
-            .get(&(plugin.to_string(), name.to_string()))
+            .get(plugin)
+            .and_then(|m| m.get(name))
             .copied()
             .unwrap_or(0)
     }
