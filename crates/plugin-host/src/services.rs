@@ -10,9 +10,12 @@ use wasmgate_state::{MemoryStore, Store, WorkerRegistry, WorkerRegistryOptions};
 /// (it is on every request of a plugin that counts).
 #[derive(Debug, Default)]
 pub struct PluginMetrics {
-    counters: Mutex<HashMap<String, HashMap<String, u64>>>,
-    histograms: Mutex<HashMap<String, HashMap<String, (u64, f64)>>>,
+    counters: Mutex<Series<u64>>,
+    histograms: Mutex<Series<(u64, f64)>>,
 }
+
+/// Plugin name → metric name → value.
+type Series<V> = HashMap<String, HashMap<String, V>>;
 
 /// Metric names plugins may use: `[a-z0-9_]{1,64}` (anything else is dropped).
 fn valid_metric_name(name: &str) -> bool {
@@ -25,7 +28,7 @@ fn valid_metric_name(name: &str) -> bool {
 
 /// The series `(plugin, name)` of `map`, created on first use.
 fn series<'m, V: Default>(
-    map: &'m mut HashMap<String, HashMap<String, V>>,
+    map: &'m mut Series<V>,
     plugin: &str,
     name: &str,
 ) -> &'m mut V {
