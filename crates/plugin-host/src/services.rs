@@ -27,11 +27,7 @@ fn valid_metric_name(name: &str) -> bool {
 }
 
 /// The series `(plugin, name)` of `map`, created on first use.
-fn series<'m, V: Default>(
-    map: &'m mut Series<V>,
-    plugin: &str,
-    name: &str,
-) -> &'m mut V {
+fn series<'m, V: Default>(map: &'m mut Series<V>, plugin: &str, name: &str) -> &'m mut V {
     if !map.contains_key(plugin) {
         map.insert(plugin.to_string(), HashMap::new());
     }
