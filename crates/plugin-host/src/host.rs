@@ -40,6 +40,8 @@ pub struct RequestState {
     pub response_status: Option<u16>,
     /// Response headers, in response phases.
     pub response_headers: HeaderMap,
+    /// Headers queued for the response by `add-response-header`.
+    pub queued_response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl RequestState {
@@ -287,6 +289,11 @@ impl request::Host for HostState {
     }
     fn set_response_header(&mut self, name: String, value: String) {
         set(&mut self.req.response_headers, &name, &value);
+    }
+    fn add_response_header(&mut self, name: String, value: String) {
+        if let (Some(n), Ok(v)) = (header_name(&name), HeaderValue::from_str(&value)) {
+            self.req.queued_response_headers.push((n, v));
+        }
     }
     fn remove_response_header(&mut self, name: String) {
         if let Some(n) = header_name(&name) {

@@ -170,7 +170,8 @@ impl Auth {
     fn jwt(&self, token: &str) -> Result<Caller, Failure> {
         let bad = Failure::Invalid("token");
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(bad);
         };

@@ -12,8 +12,6 @@ struct Cors {
     expose_headers: Vec<String>,
     credentials: bool,
     max_age_s: u64,
-    #[serde(skip)]
-    origin: Option<String>,
 }
 
 impl Cors {
@@ -46,25 +44,43 @@ impl Plugin for Cors {
     fn new(config: Config) -> Result<Self, String> {
         let c: Cors = config.parse()?;
         if c.credentials && c.any() {
-            return Err("credentials cannot be allowed for any origin (`*`): list the origins".into());
+            return Err(
+                "credentials cannot be allowed for any origin (`*`): list the origins".into(),
+            );
         }
         Ok(c)
     }
 
     fn info(&self) -> Info {
-        Info::new("cors", env!("CARGO_PKG_VERSION"))
-            .phase(Phase::RequestHeaders)
-            .phase(Phase::ResponseHeaders)
+        Info::new("cors", env!("CARGO_PKG_VERSION")).phase(Phase::RequestHeaders)
     }
 
     fn on_request_headers(&mut self) -> Action {
-        self.origin = request::get_header("origin");
-        let Some(origin) = self.origin.clone() else {
+        let Some(origin) = request::get_header("origin") else {
             return Action::Continue;
         };
         let preflight = request::method() == "OPTIONS"
             && request::get_header("access-control-request-method").is_some();
         if !preflight {
+            // Queued for whatever the response is (the upstream's, or a plugin's 401/429).
+            if self.allowed(&origin) {
+                request::add_response_header(
+                    "access-control-allow-origin",
+                    &self.allow_origin_value(&origin),
+                );
+                if !(self.any() && !self.credentials) {
+                    request::add_response_header("vary", "Origin");
+                }
+                if self.credentials {
+                    request::add_response_header("access-control-allow-credentials", "true");
+                }
+                if !self.expose_headers.is_empty() {
+                    request::add_response_header(
+                        "access-control-expose-headers",
+                        &self.expose_headers.join(", "),
+                    );
+                }
+            }
             return Action::Continue;
         }
         if !self.allowed(&origin) {
@@ -75,41 +91,26 @@ impl Plugin for Cors {
             return Action::error(403, "cors_forbidden", "this method is not allowed");
         }
         let mut headers = vec![
-            h("access-control-allow-origin", &self.allow_origin_value(&origin)),
+            h(
+                "access-control-allow-origin",
+                &self.allow_origin_value(&origin),
+            ),
             h("access-control-allow-methods", &self.methods.join(", ")),
             h("access-control-allow-headers", &self.headers.join(", ")),
             h("access-control-max-age", &self.max_age_s.to_string()),
-            h("vary", "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
+            h(
+                "vary",
+                "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+            ),
         ];
         if self.credentials {
             headers.push(h("access-control-allow-credentials", "true"));
         }
-        // The response phase must not add the headers a second time.
-        self.origin = None;
         Action::Respond(LocalResponse {
             status: 204,
             headers,
             body: Vec::new(),
         })
-    }
-
-    fn on_response_headers(&mut self) -> Action {
-        let Some(origin) = self.origin.take() else {
-            return Action::Continue;
-        };
-        if self.allowed(&origin) {
-            request::set_response_header("access-control-allow-origin", &self.allow_origin_value(&origin));
-            if !(self.any() && !self.credentials) {
-                request::set_response_header("vary", "Origin");
-            }
-            if self.credentials {
-                request::set_response_header("access-control-allow-credentials", "true");
-            }
-            if !self.expose_headers.is_empty() {
-                request::set_response_header("access-control-expose-headers", &self.expose_headers.join(", "));
-            }
-        }
-        Action::Continue
     }
 }
 

@@ -50,16 +50,8 @@ fn yes() -> bool {
     true
 }
 
-/// What the request-headers phase decided, for the response headers.
-struct Outcome {
-    limit: u64,
-    remaining: u64,
-    reset_after_ms: u64,
-}
-
 struct RateLimit {
     s: Settings,
-    outcome: Option<Outcome>,
 }
 
 impl RateLimit {
@@ -104,19 +96,17 @@ impl Plugin for RateLimit {
         if s.window_ms == 0 {
             return Err("window_ms must be greater than 0".into());
         }
-        Ok(RateLimit { s, outcome: None })
+        Ok(RateLimit { s })
     }
 
     fn info(&self) -> Info {
         Info::new("rate-limit", env!("CARGO_PKG_VERSION"))
             .phase(Phase::RequestHeaders)
-            .phase(Phase::ResponseHeaders)
             .capability("kv")
             .capability("metrics")
     }
 
     fn on_request_headers(&mut self) -> Action {
-        self.outcome = None;
         let (limit, window_ms, scope) = self.applicable();
         let key = format!("{scope}{}", client_key());
         let hit = match self.s.algorithm {
@@ -125,11 +115,13 @@ impl Plugin for RateLimit {
         };
         match hit {
             Ok(w) => {
-                self.outcome = Some(Outcome {
-                    limit,
-                    remaining: w.remaining,
-                    reset_after_ms: w.reset_after_ms,
-                });
+                // Queued now, set on the response (upstream's or the 429): no response phase.
+                request::add_response_header("x-ratelimit-limit", &limit.to_string());
+                request::add_response_header("x-ratelimit-remaining", &w.remaining.to_string());
+                request::add_response_header(
+                    "x-ratelimit-reset",
+                    &secs_ceil(w.reset_after_ms).to_string(),
+                );
                 if w.allowed {
                     metrics::counter_add("allowed", 1);
                     Action::Continue
@@ -144,8 +136,14 @@ impl Plugin for RateLimit {
                     Action::Respond(LocalResponse {
                         status: 429,
                         headers: vec![
-                            Header { name: "content-type".into(), value: "application/json".into() },
-                            Header { name: "retry-after".into(), value: retry.to_string() },
+                            Header {
+                                name: "content-type".into(),
+                                value: "application/json".into(),
+                            },
+                            Header {
+                                name: "retry-after".into(),
+                                value: retry.to_string(),
+                            },
                         ],
                         body: body.to_string().into_bytes(),
                     })
@@ -165,15 +163,6 @@ impl Plugin for RateLimit {
                 }
             }
         }
-    }
-
-    fn on_response_headers(&mut self) -> Action {
-        if let Some(o) = &self.outcome {
-            request::set_response_header("x-ratelimit-limit", &o.limit.to_string());
-            request::set_response_header("x-ratelimit-remaining", &o.remaining.to_string());
-            request::set_response_header("x-ratelimit-reset", &secs_ceil(o.reset_after_ms).to_string());
-        }
-        Action::Continue
     }
 }
 
