@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use wasmgate_config::{Config, Secret};
 use wasmgate_testkit::load::{
-    env_knob as env_or, fast_upstream, on_runtime, run_load_with, single_route_config,
+    env_knob as env_or, fast_upstream, run_load_with, serve_gateway, single_route_config,
 };
 use wasmgate_testkit::RedisServer;
 
@@ -29,28 +29,13 @@ fn chain_config(upstream: SocketAddr, redis: Option<String>) -> Config {
     c
 }
 
-fn gateway(name: &str, config: Config, builtins: bool) -> SocketAddr {
-    on_runtime(name, 1, move |tx| async move {
-        let state = wasmgate_state::open_state(&config).await.unwrap();
-        let services = wasmgate_plugin_host::HostServices::from_state(&state, "gateway:");
-        let runtime = if builtins {
-            let rt = std::sync::Arc::new(
-                wasmgate_plugin_host::PluginRuntime::new(Default::default(), services.clone())
-                    .unwrap(),
-            );
-            wasmgate_plugin_host::builtins::configure(&rt, &config)
-                .await
-                .unwrap();
-            assert!(!rt.chain().plugins.is_empty(), "the chain loaded");
-            Some(rt)
-        } else {
-            None
-        };
-        let gw = wasmgate_proxy::Gateway::with_state(config, runtime, services).unwrap();
-        let server = wasmgate_proxy::Server::bind(&gw).await.unwrap();
-        tx.send(server.local_addr()).unwrap();
-        server.run(std::future::pending()).await;
-    })
+fn gateway(name: &str, config: Config) -> SocketAddr {
+    let want = wasmgate_plugin_host::builtins::enabled(&config)
+        .unwrap()
+        .len();
+    let (addr, plugins) = serve_gateway(name, config, None);
+    assert_eq!(plugins, want, "{name}: the chain loaded");
+    addr
 }
 
 fn main() {
@@ -64,13 +49,9 @@ fn main() {
         .unwrap();
     let redis = rt.block_on(RedisServer::start());
     let upstream = fast_upstream(1);
-    let plain = gateway("bench-plain", single_route_config(upstream), false);
-    let memory = gateway("bench-memory", chain_config(upstream, None), true);
-    let on_redis = gateway(
-        "bench-redis",
-        chain_config(upstream, Some(redis.url())),
-        true,
-    );
+    let plain = gateway("bench-plain", single_route_config(upstream));
+    let memory = gateway("bench-memory", chain_config(upstream, None));
+    let on_redis = gateway("bench-redis", chain_config(upstream, Some(redis.url())));
     let targets = [
         ("no plugins", plain),
         ("auth+rate-limit, memory", memory),

@@ -7,29 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use wasmgate_testkit::load::{
-    env_knob as env_or, fast_upstream, on_runtime, run_load, single_route_config, LoadResult,
+    env_knob as env_or, fast_upstream, run_load, serve_gateway, single_route_config, LoadResult,
 };
 
 fn gateway(name: &str, upstream: SocketAddr, plugins: Option<PathBuf>) -> SocketAddr {
-    on_runtime(name, 1, move |tx| async move {
-        let c = single_route_config(upstream);
-        let runtime = match plugins {
-            Some(dir) => {
-                let (services, _) = wasmgate_plugin_host::HostServices::in_memory("gateway:");
-                let rt = std::sync::Arc::new(
-                    wasmgate_plugin_host::PluginRuntime::new(Default::default(), services).unwrap(),
-                );
-                rt.reload_folder(&dir).await;
-                assert_eq!(rt.chain().plugins.len(), 1, "the example plugin loaded");
-                Some(rt)
-            }
-            None => None,
-        };
-        let gw = wasmgate_proxy::Gateway::with_plugins(c, runtime).unwrap();
-        let server = wasmgate_proxy::Server::bind(&gw).await.unwrap();
-        tx.send(server.local_addr()).unwrap();
-        server.run(std::future::pending()).await;
-    })
+    let expected = usize::from(plugins.is_some());
+    let (addr, loaded) = serve_gateway(name, single_route_config(upstream), plugins);
+    assert_eq!(loaded, expected, "the example plugin loaded");
+    addr
 }
 
 fn main() {

@@ -9,17 +9,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use wasmgate_testkit::load::{
-    env_knob as env_or, fast_upstream, minimal_proxy, on_runtime, run_load, single_route_config,
+    env_knob as env_or, fast_upstream, minimal_proxy, run_load, serve_gateway, single_route_config,
     LoadResult,
 };
 
 fn gateway(upstream: SocketAddr) -> SocketAddr {
-    on_runtime("bench-wasmgate", 1, move |tx| async move {
-        let gw = wasmgate_proxy::Gateway::new(single_route_config(upstream)).unwrap();
-        let server = wasmgate_proxy::Server::bind(&gw).await.unwrap();
-        tx.send(server.local_addr()).unwrap();
-        server.run(std::future::pending()).await;
-    })
+    serve_gateway("bench-wasmgate", single_route_config(upstream), None).0
 }
 
 fn median(mut v: Vec<LoadResult>) -> LoadResult {

@@ -173,22 +173,6 @@ fn init_logging(cfg: &wasmgate_config::LogConfig) {
     }
 }
 
-/// Starts the plugin runtime and loads (and watches) the plugin folder, unless plugins are off.
-async fn start_plugins(
-    cfg: &wasmgate_config::PluginsConfig,
-    services: std::sync::Arc<wasmgate_plugin_host::HostServices>,
-) -> anyhow::Result<Option<std::sync::Arc<wasmgate_plugin_host::PluginRuntime>>> {
-    if !cfg.enabled {
-        return Ok(None);
-    }
-    let dir = std::path::Path::new(&cfg.dir);
-    let cache = cfg.cache_dir.as_ref().map(std::path::PathBuf::from);
-    let runtime = wasmgate_plugin_host::folder::start(dir, cache, services)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    Ok(Some(runtime))
-}
-
 fn run(loader: ConfigLoader, config: wasmgate_config::Config) -> anyhow::Result<()> {
     init_logging(&config.log);
     for name in loader.unknown_env_names() {
@@ -210,12 +194,22 @@ fn run(loader: ConfigLoader, config: wasmgate_config::Config) -> anyhow::Result<
         tracing::info!(backend = state.store.kind(), "state store ready");
         let services =
             wasmgate_plugin_host::HostServices::from_state(&state, &config.redis.key_prefix);
-        let plugins = start_plugins(&config.plugins, services.clone()).await?;
-        if let Some(rt) = &plugins {
-            wasmgate_plugin_host::builtins::configure(rt, &config)
-                .await
-                .map_err(anyhow::Error::msg)?;
-        }
+        // The folder and the built-ins, unless plugins are off.
+        let plugins = match config.plugins.enabled {
+            true => wasmgate_plugin_host::folder::start_gateway_plugins(
+                &config,
+                Some(std::path::Path::new(&config.plugins.dir)),
+                config
+                    .plugins
+                    .cache_dir
+                    .as_ref()
+                    .map(std::path::PathBuf::from),
+                services.clone(),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?,
+            false => None,
+        };
         let gateway = wasmgate_proxy::Gateway::with_state(config, plugins, services)?;
         let server = wasmgate_proxy::Server::bind(&gateway).await?;
         tracing::info!(

@@ -13,6 +13,23 @@ fn limited(max: u64) -> impl FnOnce(&mut Config) {
     }
 }
 
+/// A per-route or per-tenant limit of `n` requests in the default window.
+fn max_only(n: u64) -> LimitOverride {
+    LimitOverride {
+        max_requests: Some(n),
+        window_ms: None,
+    }
+}
+
+/// `GET url` with `headers`.
+async fn get_with(c: &reqwest::Client, url: String, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = c.get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.send().await.unwrap()
+}
+
 fn header(r: &reqwest::Response, name: &str) -> String {
     r.headers()
         .get(name)
@@ -57,12 +74,12 @@ async fn rate_limit_counts_per_client_with_headers_on_every_response() {
     );
 
     // Another client (through a trusted proxy) has its own window.
-    let r = c
-        .get(gw.url("/v1/models"))
-        .header("x-forwarded-for", "203.0.113.9")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(
+        &c,
+        gw.url("/v1/models"),
+        &[("x-forwarded-for", "203.0.113.9")],
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-ratelimit-remaining"), "2");
 }
@@ -80,13 +97,7 @@ async fn per_route_limits_and_fixed_windows_and_live_reconfiguration() {
         .config(limited(5))
         .config(|c| {
             c.rate_limit.algorithm = RateLimitAlgorithm::Fixed;
-            c.rate_limit.routes.insert(
-                "llm".into(),
-                LimitOverride {
-                    max_requests: Some(1),
-                    window_ms: None,
-                },
-            );
+            c.rate_limit.routes.insert("llm".into(), max_only(1));
         })
         .spawn()
         .await;
@@ -147,12 +158,7 @@ async fn three_gateways_sharing_redis_let_exactly_the_limit_through() {
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 20);
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 70);
     // The seeds' layout: one sorted set per client under gateway:ratelimit:.
-    let py = fred::types::Builder::from_config(
-        fred::types::config::Config::from_url(&redis.url()).unwrap(),
-    )
-    .build()
-    .unwrap();
-    fred::interfaces::ClientLike::init(&py).await.unwrap();
+    let py = redis.client().await;
     let n: u64 = fred::interfaces::SortedSetsInterface::zcard(&py, "gateway:ratelimit:127.0.0.1")
         .await
         .unwrap();
@@ -367,12 +373,7 @@ async fn auth_accepts_api_keys_in_either_header_and_never_forwards_them() {
     );
     assert!(common::echoed_header(&echo, "authorization").is_none());
 
-    let r = c
-        .get(gw.url("/v1/models"))
-        .header("x-api-key", "k-live-2")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&c, gw.url("/v1/models"), &[("x-api-key", "k-live-2")]).await;
     assert!(header(&r, "www-authenticate").contains("invalid_token"));
     expect_error(r, 401, "unauthorized").await;
     // Local endpoints need no credential.
@@ -384,6 +385,20 @@ async fn auth_accepts_api_keys_in_either_header_and_never_forwards_them() {
             .status(),
         200
     );
+}
+
+/// Without auth too, a client cannot claim an identity: the proxy drops `X-Gateway-Identity`.
+#[tokio::test]
+async fn a_client_cannot_claim_an_identity_without_auth() {
+    let up = upstream().spawn().await;
+    let gw = gateway().upstream(&up).spawn().await;
+    let echo = json(
+        client()
+            .get(gw.url("/v1/models"))
+            .header("x-gateway-identity", "key:admin"),
+    )
+    .await;
+    assert!(common::echoed_header(&echo, "x-gateway-identity").is_none());
 }
 
 /// Worker tokens against hashes made the way the backend (Python `hashlib`) makes them, in
@@ -440,27 +455,22 @@ async fn worker_tokens_match_hashes_made_by_python_hashlib() {
         assert!(common::echoed_header(&echo, "x-gateway-identity")
             .unwrap()
             .starts_with("worker:"));
-        let r = c
-            .get(gw.url("/api/v1/jobs"))
-            .header("x-worker-token", "wt-wrong")
-            .send()
-            .await
-            .unwrap();
+        let r = get_with(
+            &c,
+            gw.url("/api/v1/jobs"),
+            &[("x-worker-token", "wt-wrong")],
+        )
+        .await;
         expect_error(r, 401, "unauthorized").await;
     }
-    let r = c
-        .get(from_redis.url("/api/v1/jobs"))
-        .header("x-worker-token", token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401, "not in the set yet");
-    let py = fred::types::Builder::from_config(
-        fred::types::config::Config::from_url(&redis.url()).unwrap(),
+    let r = get_with(
+        &c,
+        from_redis.url("/api/v1/jobs"),
+        &[("x-worker-token", token)],
     )
-    .build()
-    .unwrap();
-    fred::interfaces::ClientLike::init(&py).await.unwrap();
+    .await;
+    assert_eq!(r.status(), 401, "not in the set yet");
+    let py = redis.client().await;
     let _: i64 = fred::interfaces::SetsInterface::sadd(
         &py,
         "auth:worker-token-hashes",
@@ -468,12 +478,12 @@ async fn worker_tokens_match_hashes_made_by_python_hashlib() {
     )
     .await
     .unwrap();
-    let r = c
-        .get(from_redis.url("/api/v1/jobs"))
-        .header("x-worker-token", token)
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(
+        &c,
+        from_redis.url("/api/v1/jobs"),
+        &[("x-worker-token", token)],
+    )
+    .await;
     assert_eq!(r.status(), 200, "the operator's set is read");
 }
 
@@ -496,13 +506,7 @@ async fn jwts_hs256_and_rs256_with_claims_checked_and_tenants_for_later_plugins(
             c.auth.jwt_audience = Some("wasmgate".into());
             c.rate_limit.enabled = true;
             c.rate_limit.max_requests = 100;
-            c.rate_limit.tenants.insert(
-                "acme".into(),
-                LimitOverride {
-                    max_requests: Some(1),
-                    window_ms: None,
-                },
-            );
+            c.rate_limit.tenants.insert("acme".into(), max_only(1));
         })
         .spawn()
         .await;
@@ -624,13 +628,12 @@ async fn cors_answers_preflights_before_auth_and_marks_allowed_responses() {
     assert!(r.headers().get("access-control-allow-origin").is_none());
     expect_error(r, 403, "cors_forbidden").await;
 
-    let r = c
-        .get(gw.url("/v1/models"))
-        .header("origin", "https://app.example")
-        .header("x-api-key", "k1")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(
+        &c,
+        gw.url("/v1/models"),
+        &[("origin", "https://app.example"), ("x-api-key", "k1")],
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         header(&r, "access-control-allow-origin"),
@@ -638,12 +641,12 @@ async fn cors_answers_preflights_before_auth_and_marks_allowed_responses() {
     );
     assert_eq!(header(&r, "vary"), "Origin");
     assert!(header(&r, "access-control-expose-headers").contains("x-request-id"));
-    let r = c
-        .get(gw.url("/v1/models"))
-        .header("origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(
+        &c,
+        gw.url("/v1/models"),
+        &[("origin", "https://app.example")],
+    )
+    .await;
     assert_eq!(r.status(), 401);
     assert_eq!(
         header(&r, "access-control-allow-origin"),

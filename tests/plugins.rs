@@ -23,6 +23,18 @@ async fn plugins_json(url: String) -> Value {
         .unwrap()
 }
 
+/// A fresh plugin folder holding the add-header example with [`ADD_HEADER_MANIFEST`].
+fn add_header_folder(tag: &str) -> std::path::PathBuf {
+    let dir = tempdir(tag);
+    drop_plugin(
+        &dir,
+        "add-header",
+        &read(guests::ADD_HEADER),
+        Some(ADD_HEADER_MANIFEST),
+    );
+    dir
+}
+
 const ADD_HEADER_MANIFEST: &str = r#"
 [config]
 name = "x-team"
@@ -33,13 +45,7 @@ response_name = "x-seen-by"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_plugin_dropped_in_the_folder_edits_requests_and_responses() {
     let up = upstream().spawn().await;
-    let dir = tempdir("plugins-example");
-    drop_plugin(
-        &dir,
-        "add-header",
-        &read(guests::ADD_HEADER),
-        Some(ADD_HEADER_MANIFEST),
-    );
+    let dir = add_header_folder("plugins-example");
     let gw = gateway().upstream(&up).plugins_dir(&dir).spawn().await;
 
     let resp = client().get(gw.url("/v1/models")).send().await.unwrap();
@@ -186,13 +192,7 @@ async fn hostile_plugins_cost_one_request_and_other_routes_keep_full_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_files_are_refused_with_the_reason_and_the_old_chain_keeps_serving() {
     let up = upstream().spawn().await;
-    let dir = tempdir("plugins-bad");
-    drop_plugin(
-        &dir,
-        "add-header",
-        &read(guests::ADD_HEADER),
-        Some(ADD_HEADER_MANIFEST),
-    );
+    let dir = add_header_folder("plugins-bad");
     let gw = gateway().upstream(&up).plugins_dir(&dir).spawn().await;
     let url = gw.url("/gateway/plugins");
 
@@ -369,13 +369,7 @@ async fn a_plugin_can_answer_locally_and_chains_run_in_order_with_shared_propert
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_need_the_admin_token() {
     let up = upstream().spawn().await;
-    let dir = tempdir("plugins-admin");
-    drop_plugin(
-        &dir,
-        "add-header",
-        &read(guests::ADD_HEADER),
-        Some(ADD_HEADER_MANIFEST),
-    );
+    let dir = add_header_folder("plugins-admin");
     let open = gateway().upstream(&up).plugins_dir(&dir).spawn().await;
     let resp = client()
         .post(open.url("/gateway/plugins/add-header/disable"))

@@ -13,17 +13,6 @@ use serde_json::Value;
 use wasmgate_plugin_host::guests;
 use wasmgate_testkit::{gateway, upstream, RedisServer};
 
-/// A plain Redis client playing the Python backend (it owns `worker:*` and `queue:*`).
-async fn backend(redis: &RedisServer) -> fred::clients::Client {
-    let c = fred::types::Builder::from_config(
-        fred::types::config::Config::from_url(&redis.url()).unwrap(),
-    )
-    .build()
-    .unwrap();
-    c.init().await.unwrap();
-    c
-}
-
 async fn put(c: &fred::clients::Client, key: &str, value: &str) {
     let _: () = c.set(key, value, None, None, false).await.unwrap();
 }
@@ -80,7 +69,7 @@ fn keys_of(c: &fred::monitor::MonitorCommand) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_write_only_under_gateway_and_read_only_what_is_granted() {
     let redis = RedisServer::start().await;
-    let py = backend(&redis).await;
+    let py = redis.client().await;
     put(&py, "worker:1:status", r#"{"status":"idle"}"#).await;
     put(&py, "queue:stats", r#"{"pending":3}"#).await;
     let up = upstream().spawn().await;
@@ -189,7 +178,7 @@ async fn plugins_write_only_under_gateway_and_read_only_what_is_granted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_registry_reads_heartbeats_and_serves_the_worker_list() {
     let redis = RedisServer::start().await;
-    let py = backend(&redis).await;
+    let py = redis.client().await;
     let t = now();
     put(
         &py,
@@ -433,7 +422,7 @@ async fn waiting_on_a_slow_store_does_not_count_against_the_cpu_budget() {
         c.get(gw.url("/warm")).send().await.unwrap().headers()["x-window"],
         "allowed"
     );
-    let py = backend(&redis).await;
+    let py = redis.client().await;
     let stall = tokio::spawn(async move {
         let cmd = fred::types::CustomCommand::new_static("DEBUG", None, false);
         let _: fred::types::Value = py.custom(cmd, vec!["SLEEP", "0.3"]).await.unwrap();

@@ -255,22 +255,27 @@ async fn wrong_types(s: &dyn Store, p: &str) {
     ));
 }
 
-async fn concurrent_window_hits_are_exact(store: Arc<dyn Store>, p: &str) {
-    let k = format!("{p}race");
-    let hits = (0..200).map(|_| {
-        let (s, k) = (store.clone(), k.clone());
+/// `n` concurrent sliding-window hits on `key` (limit `limit`), spread over `stores`: how many
+/// were allowed.
+async fn concurrent_hits(stores: &[Arc<dyn Store>], key: &str, limit: u64, n: usize) -> usize {
+    let hits = (0..n).map(|i| {
+        let (s, k) = (stores[i % stores.len()].clone(), key.to_string());
         tokio::spawn(async move {
-            s.sliding_window_hit(&k, 50, Duration::from_secs(60))
+            s.sliding_window_hit(&k, limit, Duration::from_secs(60))
                 .await
                 .unwrap()
                 .allowed
         })
     });
-    let allowed = futures_util::future::join_all(hits)
+    futures_util::future::join_all(hits)
         .await
         .into_iter()
         .filter(|r| *r.as_ref().unwrap())
-        .count();
+        .count()
+}
+
+async fn concurrent_window_hits_are_exact(store: Arc<dyn Store>, p: &str) {
+    let allowed = concurrent_hits(&[store], &format!("{p}race"), 50, 200).await;
     assert_eq!(allowed, 50, "exactly the limit under 200 concurrent hits");
 }
 
@@ -355,20 +360,7 @@ async fn three_replicas_share_one_exact_limit_on_redis() {
         redis_store(&server).await,
         redis_store(&server).await,
     ];
-    let hits = (0..90).map(|i| {
-        let s = replicas[i % 3].clone();
-        tokio::spawn(async move {
-            s.sliding_window_hit("gateway:ratelimit:client-1", 20, Duration::from_secs(60))
-                .await
-                .unwrap()
-                .allowed
-        })
-    });
-    let allowed = futures_util::future::join_all(hits)
-        .await
-        .into_iter()
-        .filter(|r| *r.as_ref().unwrap())
-        .count();
+    let allowed = concurrent_hits(&replicas, "gateway:ratelimit:client-1", 20, 90).await;
     assert_eq!(allowed, 20);
 }
 

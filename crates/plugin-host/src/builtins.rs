@@ -213,8 +213,16 @@ pub fn differ(a: &Config, b: &Config) -> bool {
 /// Loads the built-ins `config` enables and installs them in the running chain (replacing the
 /// previous built-ins; folder plugins are kept). On error nothing changes.
 pub async fn configure(runtime: &PluginRuntime, config: &Config) -> Result<(), String> {
+    install(runtime, enabled(config)?).await
+}
+
+/// Loads `builtins` (from [`enabled`]) and installs them in the running chain.
+pub async fn install(
+    runtime: &PluginRuntime,
+    builtins: Vec<(&'static str, PluginSettings)>,
+) -> Result<(), String> {
     let mut loaded: Vec<Arc<LoadedPlugin>> = Vec::new();
-    for (name, settings) in enabled(config)? {
+    for (name, settings) in builtins {
         let p = runtime
             .load(PluginSource::Builtin, wasm(name), settings)
             .await

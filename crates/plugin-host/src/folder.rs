@@ -34,6 +34,31 @@ pub async fn start(
     Ok(runtime)
 }
 
+/// Starts the plugin engine of a gateway: the plugin folder `dir` (loaded and watched) when
+/// given, and the built-ins `config` enables. `None` when there is neither. The binary, the
+/// test kit and the benchmarks all start plugins through this.
+pub async fn start_gateway_plugins(
+    config: &wasmgate_config::Config,
+    dir: Option<&Path>,
+    cache_dir: Option<PathBuf>,
+    services: Arc<crate::HostServices>,
+) -> Result<Option<Arc<PluginRuntime>>, String> {
+    let builtins = crate::builtins::enabled(config)?;
+    let runtime = match dir {
+        Some(dir) => start(dir, cache_dir, services).await?,
+        None if !builtins.is_empty() => {
+            let options = crate::EngineOptions {
+                cache_dir,
+                ..Default::default()
+            };
+            Arc::new(PluginRuntime::new(options, services).map_err(|e| e.to_string())?)
+        }
+        None => return Ok(None),
+    };
+    crate::builtins::install(&runtime, builtins).await?;
+    Ok(Some(runtime))
+}
+
 /// Loads `dir` now, then watches it until the runtime is dropped.
 pub async fn load_and_watch(runtime: &Arc<PluginRuntime>, dir: &Path) -> notify::Result<()> {
     runtime.reload_folder(dir).await;

@@ -16,7 +16,7 @@ use crate::bindings::wasmgate::plugin::{clock, crypto, kv, log, metrics, request
 use crate::bindings::{GatewayPlugin, Header};
 use crate::services::HostServices;
 use std::time::Duration;
-use wasmgate_state::{Store, StoreError};
+use wasmgate_state::{Store, StoreError, WindowKind};
 
 /// The request (and response) an instance is serving. Fields are cheap clones of what the
 /// proxy already has (no formatting, no copies); the `request` imports format on demand.
@@ -367,11 +367,23 @@ fn ttl(ms: Option<u64>) -> Option<Duration> {
     ms.map(Duration::from_millis)
 }
 
-fn window(w: wasmgate_state::WindowHit) -> kv::Window {
-    kv::Window {
-        allowed: w.allowed,
-        remaining: w.remaining,
-        reset_after_ms: w.reset_after_ms,
+impl HostState {
+    /// One window hit in the plugin's namespace (both `kv` window imports).
+    async fn hit(
+        &mut self,
+        key: &str,
+        limit: u64,
+        window_ms: u64,
+        kind: WindowKind,
+    ) -> Result<kv::Window, kv::KvError> {
+        let (key, s) = (self.kv_key(key)?, self.kv_store());
+        let window = Duration::from_millis(window_ms.max(1));
+        let w = self.timed(s.window_hit(&key, limit, window, kind)).await?;
+        Ok(kv::Window {
+            allowed: w.allowed,
+            remaining: w.remaining,
+            reset_after_ms: w.reset_after_ms,
+        })
     }
 }
 
@@ -408,11 +420,7 @@ impl kv::Host for HostState {
         limit: u64,
         window_ms: u64,
     ) -> Result<kv::Window, kv::KvError> {
-        let (key, s) = (self.kv_key(&key)?, self.kv_store());
-        let w = Duration::from_millis(window_ms.max(1));
-        Ok(window(
-            self.timed(s.sliding_window_hit(&key, limit, w)).await?,
-        ))
+        self.hit(&key, limit, window_ms, WindowKind::Sliding).await
     }
     async fn fixed_window_hit(
         &mut self,
@@ -420,11 +428,7 @@ impl kv::Host for HostState {
         limit: u64,
         window_ms: u64,
     ) -> Result<kv::Window, kv::KvError> {
-        let (key, s) = (self.kv_key(&key)?, self.kv_store());
-        let w = Duration::from_millis(window_ms.max(1));
-        Ok(window(
-            self.timed(s.fixed_window_hit(&key, limit, w)).await?,
-        ))
+        self.hit(&key, limit, window_ms, WindowKind::Fixed).await
     }
     async fn set_add(&mut self, key: String, member: String) -> Result<bool, kv::KvError> {
         let (key, s) = (self.kv_key(&key)?, self.kv_store());

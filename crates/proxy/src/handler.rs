@@ -30,7 +30,7 @@ use crate::plugin_body::{
 };
 use crate::plugins;
 use crate::trace_context::TraceParent;
-use crate::Gateway;
+use crate::{Gateway, Snapshot};
 use wasmgate_plugin_host::{Decision, RequestSession};
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -95,7 +95,7 @@ where
     let path = req.uri().path();
     let workers_path = snap.config.workers.endpoint.as_str();
     if !workers_path.is_empty() && path == workers_path {
-        return workers_endpoint(gw, req, conn, request_id, global_permit).await;
+        return workers_endpoint(gw, &snap, req, conn, request_id, global_permit).await;
     }
     let (route, upstream) = snap.route(path).ok_or(ProxyError::RouteNotFound)?;
     let upstream_permit = match &upstream.limit {
@@ -114,42 +114,30 @@ where
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     remove_hop_by_hop(&mut parts.headers);
+    headers::remove_gateway_claims(&mut parts.headers);
     for name in &upstream.remove {
         parts.headers.remove(name);
     }
 
     // Plugins see the cleaned request; what they answer or hint decides what happens next.
-    let mut session: Option<Session> = None;
-    let mut hint = None;
-    let (mut wants_request_body, mut wants_response_body) = (false, false);
-    if let Some(runtime) = gw.plugins() {
-        let client = snap.client_ip(conn.peer.ip(), &parts.headers);
-        let rid = headers::request_id_str(request_id);
-        if let Some(mut s) = runtime.session(&route.name, || {
-            plugins::request_state(&mut parts, &route.name, client, request_id)
-        }) {
-            let decision = s.request_headers().await;
-            parts.headers = std::mem::take(&mut s.state.headers);
-            match decision {
-                Err(f) => {
-                    tracing::warn!(plugin = %f.plugin, failure = %f.failure, request_id = rid, "plugin failed (fail-closed)");
-                    return Err(ProxyError::Plugin(f.plugin));
-                }
-                Ok(Decision::Respond(local)) => {
-                    let permits = (global_permit, upstream_permit);
-                    return local_answer(Some(Session::Owned(s)), local, request_id, permits).await;
-                }
-                Ok(Decision::Continue { upstream_hint }) => hint = upstream_hint,
+    let (session, hint) =
+        match request_phase(gw, &snap, conn, &mut parts, &route.name, request_id).await? {
+            RequestPhase::Answered(s, local) => {
+                let permits = (global_permit, upstream_permit);
+                return local_answer(Some(Session::Owned(s)), local, request_id, permits).await;
             }
-            wants_request_body = s.wants_request_body();
-            wants_response_body = s.wants_response_body();
-            session = Some(if wants_request_body || wants_response_body {
-                Session::Shared(Arc::new(tokio::sync::Mutex::new(s)))
-            } else {
-                Session::Owned(s)
-            });
+            RequestPhase::Continue(s, hint) => (Some(s), hint),
+            RequestPhase::NoPlugins => (None, None),
+        };
+    let wants_request_body = session.as_ref().is_some_and(|s| s.wants_request_body());
+    let wants_response_body = session.as_ref().is_some_and(|s| s.wants_response_body());
+    let mut session = session.map(|s| {
+        if wants_request_body || wants_response_body {
+            Session::Shared(Arc::new(tokio::sync::Mutex::new(s)))
+        } else {
+            Session::Owned(s)
         }
-    }
+    });
 
     let target = hint
         .as_deref()
@@ -271,6 +259,51 @@ where
     Ok(Response::from_parts(rparts, body))
 }
 
+/// What the request-headers phase decided.
+enum RequestPhase {
+    /// No active plugin on the route.
+    NoPlugins,
+    /// Go on to the upstream, to the hinted target if a plugin named one.
+    Continue(RequestSession, Option<String>),
+    /// A plugin answered.
+    Answered(
+        RequestSession,
+        wasmgate_plugin_host::bindings::LocalResponse,
+    ),
+}
+
+/// Runs the route's plugins on the request head (`parts.headers` get their changes); a
+/// fail-closed failure is the request's error.
+async fn request_phase(
+    gw: &Gateway,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    parts: &mut http::request::Parts,
+    route: &Arc<str>,
+    request_id: &HeaderValue,
+) -> Result<RequestPhase> {
+    let Some(runtime) = gw.plugins() else {
+        return Ok(RequestPhase::NoPlugins);
+    };
+    let client = snap.client_ip(conn.peer.ip(), &parts.headers);
+    let Some(mut s) = runtime.session(route, || {
+        plugins::request_state(parts, route, client, request_id)
+    }) else {
+        return Ok(RequestPhase::NoPlugins);
+    };
+    let decision = s.request_headers().await;
+    parts.headers = std::mem::take(&mut s.state.headers);
+    match decision {
+        Err(f) => {
+            let rid = headers::request_id_str(request_id);
+            tracing::warn!(plugin = %f.plugin, failure = %f.failure, request_id = rid, "plugin failed (fail-closed)");
+            Err(ProxyError::Plugin(f.plugin))
+        }
+        Ok(Decision::Respond(local)) => Ok(RequestPhase::Answered(s, local)),
+        Ok(Decision::Continue { upstream_hint }) => Ok(RequestPhase::Continue(s, upstream_hint)),
+    }
+}
+
 /// A request's plugin session: owned by the request path, or shared with the body wrappers
 /// when a plugin implements a body phase.
 enum Session {
@@ -315,12 +348,16 @@ async fn local_answer(
 /// The route name plugins see on the worker list endpoint.
 pub const WORKERS_ROUTE: &str = "workers";
 
+static WORKERS_ROUTE_NAME: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from(WORKERS_ROUTE));
+
 /// `GET` the worker list (`workers.endpoint`, `/api/v1/workers` by default): the active GPU
 /// workers from the registry. It is a local route named `workers`: the plugins of every route
 /// (auth, rate limits) run on it as on any other, then the gateway answers instead of an
 /// upstream.
 async fn workers_endpoint<B>(
     gw: &Gateway,
+    snap: &Snapshot,
     req: Request<B>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
@@ -331,23 +368,15 @@ async fn workers_endpoint<B>(
     }
     let (mut parts, _body) = req.into_parts();
     remove_hop_by_hop(&mut parts.headers);
-    let mut session = None;
-    if let Some(runtime) = gw.plugins() {
-        let route: Arc<str> = Arc::from(WORKERS_ROUTE);
-        let client = gw.snapshot().client_ip(conn.peer.ip(), &parts.headers);
-        if let Some(mut s) = runtime.session(&route, || {
-            plugins::request_state(&mut parts, &route, client, request_id)
-        }) {
-            match s.request_headers().await {
-                Err(f) => return Err(ProxyError::Plugin(f.plugin)),
-                Ok(Decision::Respond(local)) => {
-                    return local_answer(Some(Session::Owned(s)), local, request_id, (permit, None))
-                        .await
-                }
-                Ok(Decision::Continue { .. }) => session = Some(Session::Owned(s)),
-            }
+    headers::remove_gateway_claims(&mut parts.headers);
+    let route = &*WORKERS_ROUTE_NAME;
+    let session = match request_phase(gw, snap, conn, &mut parts, route, request_id).await? {
+        RequestPhase::Answered(s, local) => {
+            return local_answer(Some(Session::Owned(s)), local, request_id, (permit, None)).await
         }
-    }
+        RequestPhase::Continue(s, _) => Some(Session::Owned(s)),
+        RequestPhase::NoPlugins => None,
+    };
     let workers = gw.services().workers.active();
     let body = serde_json::json!({"workers": workers, "total": workers.len()});
     let local = wasmgate_plugin_host::bindings::LocalResponse {

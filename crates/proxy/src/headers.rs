@@ -4,6 +4,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// `X-Request-ID`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// `X-Gateway-Identity`: who the caller is, as the gateway's auth established it.
+pub const X_GATEWAY_IDENTITY: HeaderName = HeaderName::from_static("x-gateway-identity");
+
+/// Removes what only the gateway may say about a request (`X-Gateway-Identity`), so a client
+/// cannot claim an identity: only a plugin (auth) sets it again, upstreams can trust it.
+pub fn remove_gateway_claims(headers: &mut HeaderMap) {
+    headers.remove(X_GATEWAY_IDENTITY);
+}
+
 /// Headers that describe one connection and never cross the proxy.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,

@@ -19,6 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -59,6 +60,15 @@ pub struct WindowHit {
     pub reset_after_ms: u64,
 }
 
+/// How a rate-limit window counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// The hits of the last `window` (exact).
+    Sliding,
+    /// The hits since the window's first hit, until it ends.
+    Fixed,
+}
+
 /// The state operations the gateway and its plugins use. Every method is atomic on the
 /// backend; none is a read-modify-write from the gateway.
 pub trait Store: Send + Sync + 'static {
@@ -82,22 +92,36 @@ pub trait Store: Send + Sync + 'static {
     /// Removes `key`; true when it existed.
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
 
-    /// One hit in a sliding window of `window` allowing `limit` hits (Redis: a sorted set of
-    /// hit times under `key`, server time, one script).
+    /// One hit in a window of `window` allowing `limit` hits: `Sliding` is a sorted set of hit
+    /// times under `key` (server time on Redis), `Fixed` a counter that expires `window` after
+    /// its first hit. One script on Redis.
+    fn window_hit<'a>(
+        &'a self,
+        key: &'a str,
+        limit: u64,
+        window: Duration,
+        kind: WindowKind,
+    ) -> StoreFuture<'a, WindowHit>;
+
+    /// [`Store::window_hit`] with a sliding window.
     fn sliding_window_hit<'a>(
         &'a self,
         key: &'a str,
         limit: u64,
         window: Duration,
-    ) -> StoreFuture<'a, WindowHit>;
-    /// One hit in a fixed window of `window` starting at the first hit (Redis: a counter with
-    /// an expiry, one script).
+    ) -> StoreFuture<'a, WindowHit> {
+        self.window_hit(key, limit, window, WindowKind::Sliding)
+    }
+
+    /// [`Store::window_hit`] with a fixed window.
     fn fixed_window_hit<'a>(
         &'a self,
         key: &'a str,
         limit: u64,
         window: Duration,
-    ) -> StoreFuture<'a, WindowHit>;
+    ) -> StoreFuture<'a, WindowHit> {
+        self.window_hit(key, limit, window, WindowKind::Fixed)
+    }
 
     /// Adds `member` to the set at `key`; true when it was new.
     fn set_add<'a>(&'a self, key: &'a str, member: &'a str) -> StoreFuture<'a, bool>;
@@ -150,6 +174,16 @@ pub struct StoreHealth {
 }
 
 impl StoreHealth {
+    /// `backend` is up.
+    pub fn up(backend: &'static str) -> StoreHealth {
+        StoreHealth {
+            backend,
+            status: "up",
+            error: None,
+            down_since: None,
+        }
+    }
+
     /// Whether the backend is up.
     pub fn is_up(&self) -> bool {
         self.status == "up"
@@ -157,33 +191,39 @@ impl StoreHealth {
 }
 
 /// Tracks up/down transitions from operation outcomes (shared by the backend and its probe).
+/// Every operation reports its outcome, so the common case (up, and still up) is one atomic
+/// load; the mutex is taken only on a transition.
 #[derive(Debug, Default)]
 pub(crate) struct HealthCell {
+    is_down: AtomicBool,
     down: Mutex<Option<(String, u64)>>,
 }
 
 impl HealthCell {
     pub(crate) fn ok(&self) {
+        if !self.is_down.load(Ordering::Acquire) {
+            return;
+        }
         let mut down = self.down.lock().unwrap();
         if let Some((error, _)) = down.take() {
             tracing::info!(previous_error = %error, "state store is back");
         }
+        self.is_down.store(false, Ordering::Release);
     }
     pub(crate) fn failed(&self, error: &str) {
+        if self.is_down.load(Ordering::Acquire) {
+            return;
+        }
         let mut down = self.down.lock().unwrap();
         if down.is_none() {
             tracing::warn!(%error, "state store is down; plugins get `unavailable` and apply their fail policy");
             *down = Some((error.to_string(), unix_secs()));
         }
+        self.is_down.store(true, Ordering::Release);
     }
     pub(crate) fn health(&self, backend: &'static str) -> StoreHealth {
         match &*self.down.lock().unwrap() {
-            None => StoreHealth {
-                backend,
-                status: "up",
-                error: None,
-                down_since: None,
-            },
+            None => StoreHealth::up(backend),
             Some((error, since)) => StoreHealth {
                 backend,
                 status: "down",

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::{HealthCell, Store, StoreError, StoreFuture, StoreHealth, StoreResult, WindowHit};
+use crate::{Store, StoreError, StoreFuture, StoreHealth, StoreResult, WindowHit, WindowKind};
 
 const SHARDS: usize = 16;
 /// Keys looked at to choose an eviction victim.
@@ -51,7 +51,6 @@ pub struct MemoryStore {
     hasher: RandomState,
     per_shard: usize,
     clock: AtomicU64,
-    health: HealthCell,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -89,7 +88,6 @@ impl MemoryStore {
             hasher: RandomState::new(),
             per_shard: max_keys.div_ceil(SHARDS).max(1),
             clock: AtomicU64::new(0),
-            health: HealthCell::default(),
         }
     }
 
@@ -139,6 +137,38 @@ impl MemoryStore {
         shard.map.insert(key.to_string(), entry);
     }
 
+    /// The live entry at `key`, created (with no expiry) from `empty` when missing.
+    fn entry_or_insert<'s>(
+        &self,
+        shard: &'s mut Shard,
+        key: &str,
+        tick: u64,
+        empty: impl FnOnce() -> Value,
+    ) -> &'s mut Entry {
+        if !shard.map.contains_key(key) {
+            let entry = Entry {
+                value: empty(),
+                expires: None,
+                touched: tick,
+            };
+            self.insert(shard, key, entry);
+        }
+        shard.map.get_mut(key).expect("present")
+    }
+
+    /// Reads the set at `key` (`None` when missing).
+    fn read_set<T>(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<&HashSet<String>>) -> T,
+    ) -> StoreResult<T> {
+        self.with(key, |s, _| match s.map.get(key).map(|e| &e.value) {
+            None => Ok(f(None)),
+            Some(Value::Set(set)) => Ok(f(Some(set))),
+            Some(other) => Err(wrong_type(key, other, "set")),
+        })
+    }
+
     fn get_now(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
         self.with(key, |s, _| match s.map.get(key).map(|e| &e.value) {
             None => Ok(None),
@@ -147,28 +177,17 @@ impl MemoryStore {
         })
     }
 
-    fn window_hit(
+    fn hit(
         &self,
         key: &str,
         limit: u64,
         window: Duration,
-        sliding: bool,
+        kind: WindowKind,
     ) -> StoreResult<WindowHit> {
         let now = Instant::now();
         self.with(key, |s, tick| {
-            if sliding {
-                let entry = match s.map.get_mut(key) {
-                    Some(e) => e,
-                    None => {
-                        let fresh = Entry {
-                            value: Value::Hits(VecDeque::new()),
-                            expires: None,
-                            touched: tick,
-                        };
-                        self.insert(s, key, fresh);
-                        s.map.get_mut(key).expect("just inserted")
-                    }
-                };
+            if kind == WindowKind::Sliding {
+                let entry = self.entry_or_insert(s, key, tick, || Value::Hits(VecDeque::new()));
                 let Value::Hits(hits) = &mut entry.value else {
                     return Err(wrong_type(key, &entry.value, "window"));
                 };
@@ -321,35 +340,22 @@ impl Store for MemoryStore {
         ready(Ok(self.with(key, |s, _| s.map.remove(key).is_some())))
     }
 
-    fn sliding_window_hit<'a>(
+    fn window_hit<'a>(
         &'a self,
         key: &'a str,
         limit: u64,
         window: Duration,
+        kind: WindowKind,
     ) -> StoreFuture<'a, WindowHit> {
-        ready(self.window_hit(key, limit, window, true))
-    }
-
-    fn fixed_window_hit<'a>(
-        &'a self,
-        key: &'a str,
-        limit: u64,
-        window: Duration,
-    ) -> StoreFuture<'a, WindowHit> {
-        ready(self.window_hit(key, limit, window, false))
+        ready(self.hit(key, limit, window, kind))
     }
 
     fn set_add<'a>(&'a self, key: &'a str, member: &'a str) -> StoreFuture<'a, bool> {
         ready(self.with(key, |s, tick| {
-            if !s.map.contains_key(key) {
-                let entry = Entry {
-                    value: Value::Set(HashSet::new()),
-                    expires: None,
-                    touched: tick,
-                };
-                self.insert(s, key, entry);
-            }
-            match &mut s.map.get_mut(key).expect("present").value {
+            match &mut self
+                .entry_or_insert(s, key, tick, || Value::Set(HashSet::new()))
+                .value
+            {
                 Value::Set(set) => Ok(set.insert(member.to_string())),
                 other => Err(wrong_type(key, other, "set")),
             }
@@ -371,33 +377,17 @@ impl Store for MemoryStore {
     }
 
     fn set_members<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<String>> {
-        ready(
-            self.with(key, |s, _| match s.map.get(key).map(|e| &e.value) {
-                None => Ok(Vec::new()),
-                Some(Value::Set(set)) => Ok(set.iter().cloned().collect()),
-                Some(other) => Err(wrong_type(key, other, "set")),
-            }),
-        )
+        ready(self.read_set(key, |set| {
+            set.map_or_else(Vec::new, |s| s.iter().cloned().collect())
+        }))
     }
 
     fn set_card<'a>(&'a self, key: &'a str) -> StoreFuture<'a, u64> {
-        ready(
-            self.with(key, |s, _| match s.map.get(key).map(|e| &e.value) {
-                None => Ok(0),
-                Some(Value::Set(set)) => Ok(set.len() as u64),
-                Some(other) => Err(wrong_type(key, other, "set")),
-            }),
-        )
+        ready(self.read_set(key, |set| set.map_or(0, |s| s.len() as u64)))
     }
 
     fn set_contains<'a>(&'a self, key: &'a str, member: &'a str) -> StoreFuture<'a, bool> {
-        ready(
-            self.with(key, |s, _| match s.map.get(key).map(|e| &e.value) {
-                None => Ok(false),
-                Some(Value::Set(set)) => Ok(set.contains(member)),
-                Some(other) => Err(wrong_type(key, other, "set")),
-            }),
-        )
+        ready(self.read_set(key, |set| set.is_some_and(|s| s.contains(member))))
     }
 
     fn put_indexed<'a>(
@@ -411,15 +401,7 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'a, u64> {
         // The index shard is locked alone, then each entry's: never two shards at once.
         let evicted = self.with(index, |s, tick| {
-            if !s.map.contains_key(index) {
-                let entry = Entry {
-                    value: Value::Set(HashSet::new()),
-                    expires: None,
-                    touched: tick,
-                };
-                self.insert(s, index, entry);
-            }
-            let entry = s.map.get_mut(index).expect("present");
+            let entry = self.entry_or_insert(s, index, tick, || Value::Set(HashSet::new()));
             let Value::Set(set) = &mut entry.value else {
                 return Err(wrong_type(index, &entry.value, "set"));
             };
@@ -476,6 +458,6 @@ impl Store for MemoryStore {
     }
 
     fn health(&self) -> StoreHealth {
-        self.health.health("memory")
+        StoreHealth::up("memory")
     }
 }

@@ -17,7 +17,9 @@ use fred::types::scripts::Script;
 use fred::types::Expiration;
 use futures_util::StreamExt;
 
-use crate::{HealthCell, Store, StoreError, StoreFuture, StoreHealth, StoreResult, WindowHit};
+use crate::{
+    HealthCell, Store, StoreError, StoreFuture, StoreHealth, StoreResult, WindowHit, WindowKind,
+};
 
 /// How often the background probe pings.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -398,46 +400,27 @@ impl Store for RedisStore {
         })
     }
 
-    fn sliding_window_hit<'a>(
+    fn window_hit<'a>(
         &'a self,
         key: &'a str,
         limit: u64,
         window: Duration,
+        kind: WindowKind,
     ) -> StoreFuture<'a, WindowHit> {
         Box::pin(async move {
-            let nonce = format!("{:016x}", rand::random::<u64>());
-            let v: Vec<i64> = self
-                .eval(
-                    &self.scripts.sliding,
-                    vec![key.to_string()],
-                    vec![
-                        (limit.min(i64::MAX as u64) as i64).into(),
-                        ttl_ms(window).into(),
-                        nonce.into(),
-                    ],
-                )
-                .await?;
-            window_hit(v)
-        })
-    }
-
-    fn fixed_window_hit<'a>(
-        &'a self,
-        key: &'a str,
-        limit: u64,
-        window: Duration,
-    ) -> StoreFuture<'a, WindowHit> {
-        Box::pin(async move {
-            let v: Vec<i64> = self
-                .eval(
-                    &self.scripts.fixed,
-                    vec![key.to_string()],
-                    vec![
-                        (limit.min(i64::MAX as u64) as i64).into(),
-                        ttl_ms(window).into(),
-                    ],
-                )
-                .await?;
+            let mut args: Vec<fred::types::Value> = vec![
+                (limit.min(i64::MAX as u64) as i64).into(),
+                ttl_ms(window).into(),
+            ];
+            let script = match kind {
+                WindowKind::Sliding => {
+                    // Makes the sorted-set member unique when two hits share a microsecond.
+                    args.push(format!("{:016x}", rand::random::<u64>()).into());
+                    &self.scripts.sliding
+                }
+                WindowKind::Fixed => &self.scripts.fixed,
+            };
+            let v: Vec<i64> = self.eval(script, vec![key.to_string()], args).await?;
             window_hit(v)
         })
     }

@@ -82,26 +82,14 @@ impl GatewayBuilder {
             .expect("state store opens");
         let services =
             wasmgate_plugin_host::HostServices::from_state(&state, &self.config.redis.key_prefix);
-        let builtins = !wasmgate_plugin_host::builtins::enabled(&self.config)
-            .expect("built-in settings")
-            .is_empty();
-        let plugins = match &self.plugins_dir {
-            Some(dir) => Some(
-                wasmgate_plugin_host::folder::start(dir, None, services.clone())
-                    .await
-                    .expect("plugin runtime"),
-            ),
-            None if builtins => Some(std::sync::Arc::new(
-                wasmgate_plugin_host::PluginRuntime::new(Default::default(), services.clone())
-                    .expect("plugin runtime"),
-            )),
-            None => None,
-        };
-        if let Some(rt) = &plugins {
-            wasmgate_plugin_host::builtins::configure(rt, &self.config)
-                .await
-                .expect("built-in plugins load");
-        }
+        let plugins = wasmgate_plugin_host::folder::start_gateway_plugins(
+            &self.config,
+            self.plugins_dir.as_deref(),
+            None,
+            services.clone(),
+        )
+        .await
+        .expect("plugins start");
         let gateway = Gateway::with_state(self.config, plugins, services).expect("gateway builds");
         let server = Server::bind(&gateway).await.expect("gateway binds");
         let addr = server.local_addr();

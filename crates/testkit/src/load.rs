@@ -41,6 +41,37 @@ where
     rx.recv().expect("server started")
 }
 
+/// The gateway as the binary runs it (state from `config.redis`, the plugin folder `plugins_dir`
+/// if any, the built-ins `config` enables) on its own one-thread runtime named `name`.
+/// Returns its address and how many plugins its chain has.
+pub fn serve_gateway(
+    name: &str,
+    config: wasmgate_config::Config,
+    plugins_dir: Option<std::path::PathBuf>,
+) -> (SocketAddr, usize) {
+    let (count_tx, count_rx) = std::sync::mpsc::channel();
+    let addr = on_runtime(name, 1, move |tx| async move {
+        let state = wasmgate_state::open_state(&config).await.expect("state");
+        let services =
+            wasmgate_plugin_host::HostServices::from_state(&state, &config.redis.key_prefix);
+        let runtime = wasmgate_plugin_host::folder::start_gateway_plugins(
+            &config,
+            plugins_dir.as_deref(),
+            None,
+            services.clone(),
+        )
+        .await
+        .expect("plugins start");
+        let plugins = runtime.as_ref().map_or(0, |rt| rt.chain().plugins.len());
+        count_tx.send(plugins).unwrap();
+        let gw = wasmgate_proxy::Gateway::with_state(config, runtime, services).unwrap();
+        let server = wasmgate_proxy::Server::bind(&gw).await.unwrap();
+        tx.send(server.local_addr()).unwrap();
+        server.run(std::future::pending()).await;
+    });
+    (addr, count_rx.recv().expect("gateway started"))
+}
+
 /// A fixed-response HTTP/1.1 upstream on `workers` threads.
 pub fn fast_upstream(workers: usize) -> SocketAddr {
     on_runtime("bench-upstream", workers, |tx| async move {

@@ -113,6 +113,16 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A connected client (for a test playing the Python backend, which owns `worker:*`).
+    pub async fn client(&self) -> fred::clients::Client {
+        let config = fred::types::config::Config::from_url(&self.url()).expect("redis url");
+        let client = fred::types::Builder::from_config(config)
+            .build()
+            .expect("client");
+        client.init().await.expect("client connects");
+        client
+    }
+
     /// Starts recording every command the server runs (`MONITOR`).
     pub async fn monitor(&self) -> Monitor {
         use futures_util::StreamExt;
@@ -125,12 +135,7 @@ impl RedisServer {
                 sink.lock().unwrap().push(cmd);
             }
         });
-        let client = fred::types::Builder::from_config(
-            fred::types::config::Config::from_url(&self.url()).expect("redis url"),
-        )
-        .build()
-        .expect("client");
-        client.init().await.expect("monitor marker client connects");
+        let client = self.client().await;
         let m = Monitor { log, task, client };
         // MONITOR is live once it sees a command sent after it started.
         m.sync().await;

@@ -11,8 +11,8 @@
 //!
 //! Every comparison of a secret is constant-time (`crypto.constant-time-eq`, over every
 //! candidate). The caller's identity (`key:<id>`, `worker:<hash prefix>`, `jwt:<sub>`) and
-//! tenant become request properties and the `X-Gateway-Identity` header upstream (a client's own
-//! `X-Gateway-Identity` is always removed); the gateway's credential (API key or bearer) is
+//! tenant become request properties and the `X-Gateway-Identity` header upstream (the proxy
+//! removes a client's own before plugins run); the gateway's credential (API key or bearer) is
 //! removed before forwarding. Otherwise `401 unauthorized` with `WWW-Authenticate`.
 use base64::Engine;
 use wasmgate_plugin_sdk::prelude::*;
@@ -318,8 +318,6 @@ impl Plugin for Auth {
     }
 
     fn on_request_headers(&mut self) -> Action {
-        // Only the gateway says who the caller is.
-        request::remove_header("x-gateway-identity");
         match self.authenticate() {
             Ok(caller) => {
                 metrics::counter_add("accepted", 1);

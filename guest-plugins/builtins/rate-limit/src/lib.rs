@@ -64,16 +64,21 @@ impl RateLimit {
                 o.window_ms.unwrap_or(self.s.window_ms),
             )
         };
-        if let Some(t) = request::tenant() {
-            if let Some(o) = self.s.tenants.get(&t) {
-                let (l, w) = pick(o);
-                return (l, w, format!("tenant:{t}:"));
+        // Each lookup is a host call: skipped when nothing is configured per tenant or route.
+        if !self.s.tenants.is_empty() {
+            if let Some(t) = request::tenant() {
+                if let Some(o) = self.s.tenants.get(&t) {
+                    let (l, w) = pick(o);
+                    return (l, w, format!("tenant:{t}:"));
+                }
             }
         }
-        let route = request::route();
-        if let Some(o) = self.s.routes.get(&route) {
-            let (l, w) = pick(o);
-            return (l, w, format!("route:{route}:"));
+        if !self.s.routes.is_empty() {
+            let route = request::route();
+            if let Some(o) = self.s.routes.get(&route) {
+                let (l, w) = pick(o);
+                return (l, w, format!("route:{route}:"));
+            }
         }
         (self.s.max_requests, self.s.window_ms, String::new())
     }
