@@ -35,6 +35,7 @@ pub const ACIP_ENV_NAMES: &[(&str, &str)] = &[
     ("CACHE_TTL_SECONDS", "cache.ttl_seconds"),
     ("CACHE_MAX_SIZE", "cache.max_size"),
     ("ROUTER_STRATEGY", "router.strategy"),
+    ("ROUTER_REGION_HEADER", "router.region_header"),
     (
         "ROUTER_HEALTH_CHECK_INTERVAL",
         "router.health_check_interval_ms",
@@ -212,6 +213,8 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
         "a timeout in milliseconds",
         &mut upstream.request_timeout_ms,
     )?;
+    // The backend serves `GET /health`: check it, as the ACIP router's health checks did.
+    upstream.health_check.path = Some("/health".into());
     c.upstreams.insert(ACIP_UPSTREAM.into(), upstream);
     c.routes.push(RouteConfig {
         name: Some("default".into()),
@@ -257,6 +260,8 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
     )?;
 
     c.cache.enabled = true;
+    // Job status and queue statistics change from one poll to the next: never cached.
+    c.cache.exclude_paths = vec!["/api/v1/jobs".into(), "/api/v1/queue".into()];
     r.bool("CACHE_ENABLED", &mut c.cache.enabled)?;
     r.parse(
         "CACHE_TTL_SECONDS",
@@ -274,6 +279,7 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
         "round-robin, least-connections, region-affinity or least-loaded",
         &mut c.router.strategy,
     )?;
+    r.string("ROUTER_REGION_HEADER", &mut c.router.region_header);
     r.parse(
         "ROUTER_HEALTH_CHECK_INTERVAL",
         "an interval in milliseconds",

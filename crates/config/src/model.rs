@@ -159,6 +159,59 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout_ms: u64,
     /// Idle keep-alive connections kept per target.
     pub pool_max_idle_per_target: usize,
+    /// Tags of targets, by target URL (as written in `targets`): region and GPU workers, for
+    /// the router's `region-affinity` and `least-loaded` strategies.
+    pub target_tags: BTreeMap<String, TargetTags>,
+    /// Active health checks of the targets.
+    pub health_check: HealthCheckConfig,
+    /// Times a request that could not reach a target is tried on another one (connect
+    /// failures: any method, the body was never sent; other failures before a response:
+    /// idempotent methods whose body was not sent). 0 = never.
+    pub retries: u32,
+    /// Wait before the first retry, doubled for each later one, in ms.
+    pub retry_backoff_ms: u64,
+}
+
+/// `[upstreams.NAME.target_tags."URL"]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TargetTags {
+    /// The target's region (e.g. `eu-west`).
+    pub region: Option<String>,
+    /// Ids of the GPU workers (as they heartbeat: `worker:{id}:heartbeat`) behind the target.
+    pub workers: Vec<String>,
+}
+
+/// `[upstreams.NAME.health_check]`: a target that fails `unhealthy_threshold` checks in a row
+/// (or connections in a row) is ejected: no request goes to it while another target is
+/// healthy. It is restored after `healthy_threshold` passing checks (without active checks:
+/// tried again after `interval_ms`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Path probed with `GET` on each target (below its base path); unset = no active checks
+    /// (connect failures still eject).
+    pub path: Option<String>,
+    /// Time between checks, in ms; unset = `router.health_check_interval_ms`.
+    pub interval_ms: Option<u64>,
+    /// A check fails when no 2xx/3xx comes within this many ms.
+    pub timeout_ms: u64,
+    /// Failures in a row that eject a target.
+    pub unhealthy_threshold: u32,
+    /// Passing checks in a row that restore it.
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: None,
+            interval_ms: None,
+            timeout_ms: 2_000,
+            unhealthy_threshold: 2,
+            healthy_threshold: 1,
+        }
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -174,6 +227,10 @@ impl Default for UpstreamConfig {
             remove_headers: Vec::new(),
             pool_idle_timeout_ms: 90_000,
             pool_max_idle_per_target: 256,
+            target_tags: BTreeMap::new(),
+            health_check: HealthCheckConfig::default(),
+            retries: 1,
+            retry_backoff_ms: 25,
         }
     }
 }
@@ -445,10 +502,21 @@ impl Default for RateLimitConfig {
 pub struct CacheConfig {
     /// Cache responses.
     pub enabled: bool,
-    /// Default entry lifetime (`CACHE_TTL_SECONDS`).
+    /// Lifetime of an entry whose response has no `max-age` (`CACHE_TTL_SECONDS`).
     pub ttl_seconds: u64,
     /// Most entries kept (`CACHE_MAX_SIZE`).
     pub max_size: u64,
+    /// Methods whose responses are cached.
+    pub methods: Vec<String>,
+    /// Path prefixes whose responses are cached (empty = every path).
+    pub paths: Vec<String>,
+    /// Path prefixes never cached (wins over `paths`).
+    pub exclude_paths: Vec<String>,
+    /// Routes whose cached responses are shared by every caller (the key leaves the caller's
+    /// identity out). Only for responses that are the same for everyone.
+    pub public_routes: Vec<String>,
+    /// Largest response body stored, in bytes (larger ones pass uncached).
+    pub max_entry_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -457,6 +525,11 @@ impl Default for CacheConfig {
             enabled: false,
             ttl_seconds: 300,
             max_size: 1_000,
+            methods: vec!["GET".into(), "HEAD".into()],
+            paths: Vec::new(),
+            exclude_paths: Vec::new(),
+            public_routes: Vec::new(),
+            max_entry_bytes: 1024 * 1024,
         }
     }
 }
@@ -480,10 +553,15 @@ pub enum RouterStrategy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouterConfig {
-    /// `ROUTER_STRATEGY`.
+    /// `ROUTER_STRATEGY`. `round-robin` is the core's own choice (no plugin runs); the others
+    /// run the `router` built-in.
     pub strategy: RouterStrategy,
     /// Health check and worker registry refresh interval in ms (`ROUTER_HEALTH_CHECK_INTERVAL`).
     pub health_check_interval_ms: u64,
+    /// Request header naming the client's region (`region-affinity`).
+    pub region_header: String,
+    /// Client networks (CIDR) → region, for requests without the region header.
+    pub networks: BTreeMap<String, String>,
 }
 
 impl Default for RouterConfig {
@@ -491,6 +569,8 @@ impl Default for RouterConfig {
         RouterConfig {
             strategy: RouterStrategy::RoundRobin,
             health_check_interval_ms: 10_000,
+            region_header: "x-region".into(),
+            networks: BTreeMap::new(),
         }
     }
 }

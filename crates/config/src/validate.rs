@@ -91,6 +91,38 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
                 return err(format!("upstreams.{name}.targets[{i}]"), m);
             }
         }
+        for t in u.target_tags.keys() {
+            if !u.targets.contains(t) {
+                return err(
+                    format!("upstreams.{name}.target_tags"),
+                    format!("`{t}` is not one of the targets (tags are keyed by the target URL as written in `targets`)"),
+                );
+            }
+        }
+        let hc = &u.health_check;
+        if let Some(p) = &hc.path {
+            if !p.starts_with('/') {
+                return err(
+                    key("health_check.path"),
+                    format!("`{p}` must start with `/`"),
+                );
+            }
+        }
+        if hc.interval_ms == Some(0) || hc.timeout_ms == 0 {
+            return err(
+                key("health_check.interval_ms"),
+                "interval and timeout must be greater than 0".into(),
+            );
+        }
+        if hc.unhealthy_threshold == 0 || hc.healthy_threshold == 0 {
+            return err(
+                key("health_check.unhealthy_threshold"),
+                "thresholds must be at least 1".into(),
+            );
+        }
+        if u.retries > 10 {
+            return err(key("retries"), "at most 10".into());
+        }
         if u.connect_timeout_ms == 0 || u.request_timeout_ms == 0 {
             return err(
                 key("request_timeout_ms"),
@@ -170,6 +202,28 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
             "router.health_check_interval_ms".into(),
             "must be greater than 0".into(),
         );
+    }
+    if http::HeaderName::from_bytes(c.router.region_header.as_bytes()).is_err() {
+        return err(
+            "router.region_header".into(),
+            format!("`{}` is not a valid header name", c.router.region_header),
+        );
+    }
+    for net in c.router.networks.keys() {
+        if let Err(m) = parse_trusted_proxy(net) {
+            return err(format!("router.networks.\"{net}\""), m);
+        }
+    }
+    for m in &c.cache.methods {
+        if http::Method::from_bytes(m.as_bytes()).is_err() || m.to_ascii_uppercase() != *m {
+            return err(
+                "cache.methods".into(),
+                format!("`{m}` is not an upper-case HTTP method"),
+            );
+        }
+    }
+    if c.cache.enabled && c.cache.max_size == 0 {
+        return err("cache.max_size".into(), "must be at least 1".into());
     }
     if !c.metrics.path.starts_with('/') {
         return err("metrics.path".into(), "must start with `/`".into());

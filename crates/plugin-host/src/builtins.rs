@@ -4,12 +4,13 @@
 //!
 //! Chain order (lower first; folder plugins default to 0): `cors` -500 (preflights are
 //! answered before credentials are asked for), `auth` -400, `rate-limit` -300 (so limits can
-//! key on the authenticated identity), `security-headers` -600 (its response phase runs last:
-//! response phases run in reverse order).
+//! key on the authenticated identity), `router` -100 (after every plugin that may refuse the
+//! request), `security-headers` -600 (its response phase runs last: response phases run in
+//! reverse order).
 use std::sync::Arc;
 
 use serde_json::json;
-use wasmgate_config::Config;
+use wasmgate_config::{Config, RouterStrategy};
 
 use crate::settings::{FailPolicy, PluginSettings};
 use crate::{guests, LoadedPlugin, PluginRuntime, PluginSource};
@@ -22,6 +23,8 @@ pub const CORS_ORDER: i64 = -500;
 pub const AUTH_ORDER: i64 = -400;
 /// Position of `rate-limit` in the chain.
 pub const RATE_LIMIT_ORDER: i64 = -300;
+/// Position of `router` in the chain (after the plugins that may refuse the request).
+pub const ROUTER_ORDER: i64 = -100;
 
 fn wasm(name: &str) -> &'static [u8] {
     guests::BUILTINS
@@ -198,6 +201,30 @@ pub fn enabled(config: &Config) -> Result<Vec<(&'static str, PluginSettings)>, S
             },
         ));
     }
+    let router = &config.router;
+    if router.strategy != RouterStrategy::RoundRobin {
+        let init = json!({
+            "strategy": router.strategy,
+            "region_header": router.region_header,
+            "networks": router.networks.iter().collect::<Vec<_>>(),
+        });
+        let grants = if router.strategy == RouterStrategy::LeastLoaded {
+            vec!["workers".to_string()]
+        } else {
+            Vec::new()
+        };
+        out.push((
+            "router",
+            PluginSettings {
+                grants,
+                config_json: init.to_string(),
+                order: ROUTER_ORDER,
+                // Without a choice the host's round-robin still routes the request.
+                fail_policy: FailPolicy::FailOpen,
+                ..Default::default()
+            },
+        ));
+    }
     Ok(out)
 }
 
@@ -207,6 +234,9 @@ pub fn differ(a: &Config, b: &Config) -> bool {
         || a.auth != b.auth
         || a.cors != b.cors
         || a.security_headers != b.security_headers
+        || a.router.strategy != b.router.strategy
+        || a.router.region_header != b.router.region_header
+        || a.router.networks != b.router.networks
         || a.server.tls.is_some() != b.server.tls.is_some()
 }
 

@@ -12,7 +12,9 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::wasmgate::plugin::{clock, crypto, kv, log, metrics, request, types, workers};
+use crate::bindings::wasmgate::plugin::{
+    clock, crypto, kv, log, metrics, request, types, upstream, workers,
+};
 use crate::bindings::{GatewayPlugin, Header};
 use crate::services::HostServices;
 use std::time::Duration;
@@ -42,6 +44,30 @@ pub struct RequestState {
     pub response_headers: HeaderMap,
     /// Headers queued for the response by `add-response-header`.
     pub queued_response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The route's upstream, for the `upstream` import (router plugins).
+    pub upstream: Option<Arc<dyn UpstreamView>>,
+}
+
+/// What the `upstream` import reports of a route's upstream: implemented by the proxy's
+/// upstreams (live health and in-flight counts).
+pub trait UpstreamView: Send + Sync + std::fmt::Debug {
+    /// The targets, in configuration order.
+    fn targets(&self) -> Vec<TargetView>;
+}
+
+/// One upstream target as a router plugin sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetView {
+    /// `host:port`.
+    pub address: String,
+    /// Not ejected.
+    pub healthy: bool,
+    /// Requests in flight to it.
+    pub in_flight: u32,
+    /// Region tag.
+    pub region: Option<String>,
+    /// GPU worker ids behind it.
+    pub workers: Vec<String>,
 }
 
 impl RequestState {
@@ -532,11 +558,31 @@ impl workers::Host for HostState {
             .active()
             .into_iter()
             .map(|w| workers::Worker {
-                id: w.id,
-                status: w.status,
-                region: w.region,
-                gpu_json: w.gpu.map(|g| g.to_string()),
+                id: w.id.clone(),
+                status: w.status.clone(),
+                region: w.region.clone(),
+                queue_depth: w.queue_depth,
+                gpu_utilization: w.gpu_utilization(),
+                gpu_json: w.gpu.as_ref().map(|g| g.to_string()),
                 heartbeat_age_ms: w.heartbeat_age_ms,
+            })
+            .collect()
+    }
+}
+
+impl upstream::Host for HostState {
+    fn targets(&mut self) -> Vec<upstream::Target> {
+        let Some(u) = &self.req.upstream else {
+            return Vec::new();
+        };
+        u.targets()
+            .into_iter()
+            .map(|t| upstream::Target {
+                address: t.address,
+                healthy: t.healthy,
+                in_flight: t.in_flight,
+                region: t.region,
+                workers: t.workers,
             })
             .collect()
     }

@@ -2,7 +2,7 @@
 //! response body that enforces the request deadline and holds the in-flight permits.
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -27,6 +27,98 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 /// An empty body.
 pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A request body for one attempt, that a retry can take back while the upstream never read
+/// it (the connection failed before the body was sent).
+pub struct UnsentBody {
+    body: ProxyBody,
+    retryable: bool,
+}
+
+/// What a failed attempt can give back for the next one.
+pub enum Resend {
+    /// The request had no body.
+    Empty,
+    /// The body, until the first poll takes it.
+    Slot(Arc<Mutex<Option<ProxyBody>>>),
+}
+
+impl UnsentBody {
+    /// Wraps `body`; only a `retryable` one is kept for a later attempt (else it is sent
+    /// as is, at no cost).
+    pub fn wrap(body: ProxyBody, retryable: bool) -> Self {
+        UnsentBody { body, retryable }
+    }
+
+    /// The body to send now, and how to get it back if it was never read.
+    pub fn split(self) -> (ProxyBody, Option<Resend>) {
+        if !self.retryable {
+            return (self.body, None);
+        }
+        if self.body.is_end_stream() {
+            return (self.body, Some(Resend::Empty));
+        }
+        let hint = self.body.size_hint();
+        let slot = Arc::new(Mutex::new(Some(self.body)));
+        let sent = TakeOnPoll {
+            slot: slot.clone(),
+            inner: None,
+            hint,
+        };
+        (sent.boxed_unsync(), Some(Resend::Slot(slot)))
+    }
+}
+
+impl Resend {
+    /// The body again, when the failed attempt never read it.
+    pub fn reclaim(self) -> Option<UnsentBody> {
+        let body = match self {
+            Resend::Empty => empty(),
+            Resend::Slot(slot) => slot.lock().unwrap_or_else(|p| p.into_inner()).take()?,
+        };
+        Some(UnsentBody {
+            body,
+            retryable: true,
+        })
+    }
+}
+
+/// Leaves the body in its slot until the upstream connection first reads it.
+struct TakeOnPoll {
+    slot: Arc<Mutex<Option<ProxyBody>>>,
+    inner: Option<ProxyBody>,
+    hint: SizeHint,
+}
+
+impl Body for TakeOnPoll {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.inner.is_none() {
+            let taken = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match taken {
+                Some(b) => self.inner = Some(b),
+                None => return Poll::Ready(None),
+            }
+        }
+        match self.inner.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint.clone()
+    }
 }
 
 /// The error a [`LimitedBody`] yields past its limit.

@@ -21,7 +21,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use crate::body::{empty, BoxError, LimitedBody, ProxyBody, ResponseBody};
+use crate::body::{empty, BoxError, LimitedBody, ProxyBody, ResponseBody, UnsentBody};
 use crate::error::{error_response, ProxyError, Result};
 use crate::headers::{self, remove_hop_by_hop, X_REQUEST_ID};
 use crate::limit::InFlightPermit;
@@ -120,15 +120,24 @@ where
     }
 
     // Plugins see the cleaned request; what they answer or hint decides what happens next.
-    let (session, hint) =
-        match request_phase(gw, &snap, conn, &mut parts, &route.name, request_id).await? {
-            RequestPhase::Answered(s, local) => {
-                let permits = (global_permit, upstream_permit);
-                return local_answer(Some(Session::Owned(s)), local, request_id, permits).await;
-            }
-            RequestPhase::Continue(s, hint) => (Some(s), hint),
-            RequestPhase::NoPlugins => (None, None),
-        };
+    let (session, hint) = match request_phase(
+        gw,
+        &snap,
+        conn,
+        &mut parts,
+        &route.name,
+        Some(upstream),
+        request_id,
+    )
+    .await?
+    {
+        RequestPhase::Answered(s, local) => {
+            let permits = (global_permit, upstream_permit);
+            return local_answer(Some(Session::Owned(s)), local, request_id, permits).await;
+        }
+        RequestPhase::Continue(s, hint) => (Some(s), hint),
+        RequestPhase::NoPlugins => (None, None),
+    };
     let wants_request_body = session.as_ref().is_some_and(|s| s.wants_request_body());
     let wants_response_body = session.as_ref().is_some_and(|s| s.wants_response_body());
     let mut session = session.map(|s| {
@@ -139,19 +148,15 @@ where
         }
     });
 
-    let target = hint
-        .as_deref()
-        .and_then(|h| upstream.target_named(h))
-        .unwrap_or_else(|| upstream.next_target());
-    let uri = target
-        .uri(&route.upstream_path(parts.uri.path()), parts.uri.query())
-        .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
     let h = &mut parts.headers;
     snap.forwarded
         .apply(h, conn.peer.ip(), conn.tls, original_host.clone());
-    match (upstream.preserve_host, original_host) {
-        (true, Some(host)) => h.insert(header::HOST, host),
-        _ => h.insert(header::HOST, target.host_header.clone()),
+    let keep_host = match (upstream.preserve_host, original_host) {
+        (true, Some(host)) => {
+            h.insert(header::HOST, host);
+            true
+        }
+        _ => false,
     };
     for (name, value) in &upstream.inject {
         h.insert(name.clone(), value.clone());
@@ -159,7 +164,9 @@ where
     h.insert(X_REQUEST_ID, request_id.clone());
     let trace = TraceParent::continue_or_start(h.get(&TRACEPARENT).and_then(|v| v.to_str().ok()));
     h.insert(TRACEPARENT, trace.header_value());
-    parts.uri = uri;
+    let client_uri = std::mem::take(&mut parts.uri);
+    let upstream_path = route.upstream_path(client_uri.path());
+    let query = client_uri.query();
     parts.version = if upstream.client_is_http2() {
         Version::HTTP_2
     } else {
@@ -183,13 +190,70 @@ where
         };
         (body, Some(tripped))
     };
+
+    // Attempts: the first target, then (on a failure before any response) untried ones. A
+    // retry needs the request head again (kept only when retries are on) and the body unsent.
+    let retry_head = (upstream.retries > 0).then(|| (parts.method.clone(), parts.headers.clone()));
+    let idempotent = parts.method.is_idempotent();
+    let mut body = Some(UnsentBody::wrap(body, retry_head.is_some()));
+    let mut head = Some(parts);
+    let mut tried: Vec<usize> = Vec::new();
     let deadline = Instant::now() + upstream.request_timeout;
-    let sent = tokio::time::timeout_at(
-        deadline,
-        upstream.client.request(Request::from_parts(parts, body)),
-    )
-    .await;
-    if sent.as_ref().is_ok_and(|r| r.is_err()) {
+    let (resp, target_guard) = loop {
+        let attempt = tried.len();
+        // Retries stop before every target was tried, so a target is always left.
+        let i = upstream.choose(hint.as_deref(), &tried).unwrap_or(0);
+        let target = &upstream.targets[i];
+        let mut parts = match head.take() {
+            Some(p) => p,
+            None => {
+                let (method, headers) = retry_head.clone().expect("retries kept the head");
+                let mut p = Request::new(()).into_parts().0;
+                p.method = method;
+                p.headers = headers;
+                p.version = if upstream.client_is_http2() {
+                    Version::HTTP_2
+                } else {
+                    Version::HTTP_11
+                };
+                p
+            }
+        };
+        parts.uri = target
+            .uri(&upstream_path, query)
+            .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
+        if !keep_host {
+            parts
+                .headers
+                .insert(header::HOST, target.host_header.clone());
+        }
+        let (this_body, resend) = body.take().expect("a body per attempt").split();
+        let guard = upstream.track(i);
+        let sent = tokio::time::timeout_at(
+            deadline,
+            upstream
+                .client
+                .request(Request::from_parts(parts, this_body)),
+        )
+        .await;
+        let e = match sent {
+            Ok(Ok(resp)) => {
+                upstream.record(i, true, "request");
+                break (resp, guard);
+            }
+            Err(_elapsed) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    upstream: upstream.name.clone(),
+                    target: target.authority.to_string(),
+                    timeout_ms: upstream.request_timeout_ms,
+                })
+            }
+            Ok(Err(e)) => e,
+        };
+        drop(guard);
+        if e.is_connect() {
+            upstream.record(i, false, "request");
+        }
         // A body plugin may have stopped the request: its answer wins over the upstream error.
         if let Some(v) = verdict.as_ref().and_then(|v| v.lock().unwrap().take()) {
             return match (v, session) {
@@ -200,33 +264,26 @@ where
                 (BodyVerdict::Respond(_), None) => Err(ProxyError::Plugin("(unknown)".into())),
             };
         }
-    }
-    let resp = match sent {
-        Err(_elapsed) => {
-            return Err(ProxyError::UpstreamTimeout {
-                upstream: upstream.name.clone(),
-                target: target.authority.to_string(),
-                timeout_ms: upstream.request_timeout_ms,
-            })
+        if tripped.as_ref().is_some_and(|t| t.load(Ordering::Acquire)) {
+            return Err(ProxyError::PayloadTooLarge(limits.max_body_bytes));
         }
-        Ok(Err(_)) if tripped.is_some_and(|t| t.load(Ordering::Acquire)) => {
-            return Err(ProxyError::PayloadTooLarge(limits.max_body_bytes))
+        tried.push(i);
+        let unsent = resend.and_then(|r| r.reclaim());
+        let retry = attempt < upstream.retries as usize
+            && tried.len() < upstream.targets.len().max(1)
+            && unsent.is_some()
+            && (e.is_connect() || idempotent);
+        if retry {
+            let backoff = upstream.retry_backoff * 2u32.saturating_pow(attempt as u32);
+            tracing::debug!(upstream = %upstream.name, target = %target.authority, attempt, error = %error_chain(&e), "retrying on another target");
+            if Instant::now() + backoff >= deadline {
+                return Err(upstream_error(upstream, target, &e));
+            }
+            tokio::time::sleep(backoff).await;
+            body = unsent;
+            continue;
         }
-        Ok(Err(e)) if e.is_connect() => {
-            return Err(ProxyError::UpstreamConnect {
-                upstream: upstream.name.clone(),
-                target: target.authority.to_string(),
-                cause: error_chain(&e),
-            })
-        }
-        Ok(Err(e)) => {
-            return Err(ProxyError::Upstream {
-                upstream: upstream.name.clone(),
-                target: target.authority.to_string(),
-                cause: error_chain(&e),
-            })
-        }
-        Ok(Ok(resp)) => resp,
+        return Err(upstream_error(upstream, target, &e));
     };
 
     let (mut rparts, rbody) = resp.into_parts();
@@ -248,11 +305,11 @@ where
             let transformed = PluginResponseBody::new(rbody, shared.clone());
             // The length may change: let the server frame the body.
             rparts.headers.remove(header::CONTENT_LENGTH);
-            let guard = (global_permit, upstream_permit, session);
+            let guard = (global_permit, upstream_permit, session, target_guard);
             ResponseBody::new(transformed, body_deadline, guard).boxed_unsync()
         }
         _ => {
-            let guard = (global_permit, upstream_permit, session);
+            let guard = (global_permit, upstream_permit, session, target_guard);
             ResponseBody::new(rbody, body_deadline, guard).boxed_unsync()
         }
     };
@@ -280,6 +337,7 @@ async fn request_phase(
     conn: &ConnInfo,
     parts: &mut http::request::Parts,
     route: &Arc<str>,
+    upstream: Option<&Arc<crate::upstream::Upstream>>,
     request_id: &HeaderValue,
 ) -> Result<RequestPhase> {
     let Some(runtime) = gw.plugins() else {
@@ -287,7 +345,7 @@ async fn request_phase(
     };
     let client = snap.client_ip(conn.peer.ip(), &parts.headers);
     let Some(mut s) = runtime.session(route, || {
-        plugins::request_state(parts, route, client, request_id)
+        plugins::request_state(parts, route, client, request_id, upstream)
     }) else {
         return Ok(RequestPhase::NoPlugins);
     };
@@ -370,7 +428,7 @@ async fn workers_endpoint<B>(
     remove_hop_by_hop(&mut parts.headers);
     headers::remove_gateway_claims(&mut parts.headers);
     let route = &*WORKERS_ROUTE_NAME;
-    let session = match request_phase(gw, snap, conn, &mut parts, route, request_id).await? {
+    let session = match request_phase(gw, snap, conn, &mut parts, route, None, request_id).await? {
         RequestPhase::Answered(s, local) => {
             return local_answer(Some(Session::Owned(s)), local, request_id, (permit, None)).await
         }
@@ -394,6 +452,27 @@ async fn workers_endpoint<B>(
         body: body.to_string().into_bytes(),
     };
     local_answer(session, local, request_id, (permit, None)).await
+}
+
+/// The error for a failed attempt on `target`.
+fn upstream_error(
+    upstream: &crate::upstream::Upstream,
+    target: &crate::upstream::Target,
+    e: &hyper_util::client::legacy::Error,
+) -> ProxyError {
+    if e.is_connect() {
+        ProxyError::UpstreamConnect {
+            upstream: upstream.name.clone(),
+            target: target.authority.to_string(),
+            cause: error_chain(e),
+        }
+    } else {
+        ProxyError::Upstream {
+            upstream: upstream.name.clone(),
+            target: target.authority.to_string(),
+            cause: error_chain(e),
+        }
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -14,8 +14,11 @@ pub(crate) fn request_state(
     route: &std::sync::Arc<str>,
     client_addr: std::net::IpAddr,
     request_id: &HeaderValue,
+    upstream: Option<&std::sync::Arc<crate::upstream::Upstream>>,
 ) -> RequestState {
     RequestState {
+        upstream: upstream
+            .map(|u| u.clone() as std::sync::Arc<dyn wasmgate_plugin_host::UpstreamView>),
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         client_addr: Some(client_addr),

@@ -1,7 +1,7 @@
 //! The running configuration, swapped atomically on reload.
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use wasmgate_config::{parse_trusted_proxy, Config};
@@ -58,22 +58,30 @@ impl Snapshot {
     /// (so a reload keeps warm connections).
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
         let mut upstreams = HashMap::new();
+        let mut fresh = Vec::new();
+        let interval = Duration::from_millis(config.router.health_check_interval_ms);
         for (name, cfg) in &config.upstreams {
             let reused = previous.and_then(|p| {
-                (p.config.upstreams.get(name) == Some(cfg))
+                (p.config.upstreams.get(name) == Some(cfg)
+                    && p.config.router.health_check_interval_ms
+                        == config.router.health_check_interval_ms)
                     .then(|| p.upstreams.get(name).cloned())
                     .flatten()
             });
-            let upstream =
-                match reused {
-                    Some(u) => u,
-                    None => Arc::new(Upstream::new(name, cfg).map_err(|message| {
+            let upstream = match reused {
+                Some(u) => u,
+                None => {
+                    let u = Upstream::new(name, cfg, interval).map_err(|message| {
                         BuildError::Upstream {
                             name: name.clone(),
                             message,
                         }
-                    })?),
-                };
+                    })?;
+                    let u = Arc::new(u);
+                    fresh.push(u.clone());
+                    u
+                }
+            };
             upstreams.insert(name.clone(), upstream);
         }
         let trusted = config
@@ -83,6 +91,7 @@ impl Snapshot {
             .map(|p| parse_trusted_proxy(p))
             .collect::<Result<Vec<_>, _>>()
             .map_err(BuildError::TrustedProxy)?;
+        // Only once the whole snapshot is valid: a refused reload starts nothing.
         let routes = RouteTable::new(&config.routes);
         let route_upstreams = routes
             .routes()
@@ -97,6 +106,9 @@ impl Snapshot {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for u in &fresh {
+            u.start();
+        }
         Ok(Snapshot {
             routes,
             route_upstreams,

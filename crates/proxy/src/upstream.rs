@@ -1,8 +1,10 @@
-//! An upstream: its targets, a keep-alive connection pool, round-robin choice, timeouts,
-//! an optional in-flight cap and the header edits applied to every request sent to it.
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+//! An upstream: its targets, a keep-alive connection pool, round-robin choice among healthy
+//! targets, health (active checks and failed connections eject a target, passing checks
+//! restore it), requests in flight per target, retry settings, timeouts, an optional in-flight
+//! cap and the header edits applied to every request sent to it.
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use http::header::{HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
@@ -15,8 +17,8 @@ use wasmgate_config::UpstreamConfig;
 use crate::body::ProxyBody;
 use crate::limit::InFlightLimit;
 
-/// One target of an upstream, parsed once.
-#[derive(Debug, Clone)]
+/// One target of an upstream, parsed once, with its live state.
+#[derive(Debug)]
 pub struct Target {
     /// `http` or `https`.
     pub scheme: Scheme,
@@ -26,6 +28,20 @@ pub struct Target {
     pub base_path: String,
     /// The `Host` header sent unless `preserve_host`.
     pub host_header: HeaderValue,
+    /// Region tag.
+    pub region: Option<String>,
+    /// GPU worker ids behind it.
+    pub workers: Vec<String>,
+    /// Ejected (by health checks or failed connections).
+    ejected: AtomicBool,
+    /// When it was ejected, in ms since the upstream was built.
+    ejected_at_ms: AtomicU64,
+    /// Failures in a row (checks or connections).
+    fails: AtomicU32,
+    /// Passing checks in a row.
+    passes: AtomicU32,
+    /// Requests in flight to it.
+    in_flight: AtomicU32,
 }
 
 impl Target {
@@ -46,7 +62,24 @@ impl Target {
             authority,
             base_path: uri.path().trim_end_matches('/').to_string(),
             host_header,
+            region: None,
+            workers: Vec::new(),
+            ejected: AtomicBool::new(false),
+            ejected_at_ms: AtomicU64::new(0),
+            fails: AtomicU32::new(0),
+            passes: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
         })
+    }
+
+    /// Whether it is ejected now.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight to it.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// The absolute URI of `path_and_query` on this target.
@@ -107,7 +140,38 @@ pub struct Upstream {
     pub inject: Vec<(HeaderName, HeaderValue)>,
     /// Headers removed from every request.
     pub remove: Vec<HeaderName>,
+    /// Retries of a request that could not reach a target.
+    pub retries: u32,
+    /// Wait before the first retry (doubled for each later one).
+    pub retry_backoff: Duration,
+    health: HealthSettings,
+    born: Instant,
     http2: bool,
+}
+
+/// Health check settings, resolved.
+#[derive(Debug, Clone)]
+struct HealthSettings {
+    path: Option<String>,
+    interval: Duration,
+    timeout: Duration,
+    unhealthy_threshold: u32,
+    healthy_threshold: u32,
+}
+
+/// A request in flight to one target: counted until dropped (with the response body).
+#[derive(Debug)]
+pub struct TargetGuard {
+    upstream: Arc<Upstream>,
+    index: usize,
+}
+
+impl Drop for TargetGuard {
+    fn drop(&mut self) {
+        self.upstream.targets[self.index]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -120,13 +184,26 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Builds the upstream and its (empty) pool. Errors name the offending value.
-    pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Upstream, String> {
+    /// Builds the upstream and its (empty) pool; health checks run every
+    /// `health_check.interval_ms`, else `default_interval` (once [`Upstream::start`]ed). Errors
+    /// name the offending value.
+    pub fn new(
+        name: &str,
+        cfg: &UpstreamConfig,
+        default_interval: Duration,
+    ) -> Result<Upstream, String> {
         let targets = cfg
             .targets
             .iter()
-            .map(|t| Target::parse(t))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|t| {
+                let mut target = Target::parse(t)?;
+                if let Some(tags) = cfg.target_tags.get(t) {
+                    target.region = tags.region.clone();
+                    target.workers = tags.workers.clone();
+                }
+                Ok(target)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -187,7 +264,158 @@ impl Upstream {
             preserve_host: cfg.preserve_host,
             inject,
             remove,
+            retries: cfg.retries,
+            retry_backoff: Duration::from_millis(cfg.retry_backoff_ms),
+            health: HealthSettings {
+                path: cfg.health_check.path.clone(),
+                interval: cfg
+                    .health_check
+                    .interval_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(default_interval),
+                timeout: Duration::from_millis(cfg.health_check.timeout_ms),
+                unhealthy_threshold: cfg.health_check.unhealthy_threshold,
+                healthy_threshold: cfg.health_check.healthy_threshold,
+            },
+            born: Instant::now(),
             http2: cfg.http2,
+        })
+    }
+
+    /// Starts the active health checks (when a path is configured), on the current Tokio
+    /// runtime. They stop when the upstream is dropped (a reload replaced it).
+    pub fn start(self: &Arc<Self>) {
+        let (Some(path), Ok(handle)) = (
+            self.health.path.clone(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        handle.spawn(health_loop(weak, path, self.health.interval));
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Whether requests may go to target `i`: not ejected, or (without active checks) ejected
+    /// long enough ago to be tried again.
+    fn available(&self, i: usize) -> bool {
+        let t = &self.targets[i];
+        if !t.is_ejected() {
+            return true;
+        }
+        self.health.path.is_none()
+            && self
+                .now_ms()
+                .saturating_sub(t.ejected_at_ms.load(Ordering::Relaxed))
+                >= self.health.interval.as_millis() as u64
+    }
+
+    /// The target for an attempt: the router's `hint` when it names an available target not
+    /// yet `tried`, else the next available one round-robin. When every untried target is
+    /// ejected the next untried one is used anyway (better a likely failure than a certain
+    /// one); `None` once every target was tried.
+    pub fn choose(&self, hint: Option<&str>, tried: &[usize]) -> Option<usize> {
+        let n = self.targets.len();
+        if let Some(i) =
+            hint.and_then(|h| self.targets.iter().position(|t| t.authority.as_str() == h))
+        {
+            if !tried.contains(&i) && self.available(i) {
+                return Some(i);
+            }
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let untried = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|i| !tried.contains(i));
+        let mut fallback = None;
+        for i in untried {
+            if self.available(i) {
+                return Some(i);
+            }
+            fallback.get_or_insert(i);
+        }
+        fallback
+    }
+
+    /// Counts a request in flight to target `i` until the guard drops.
+    pub fn track(self: &Arc<Self>, i: usize) -> TargetGuard {
+        self.targets[i].in_flight.fetch_add(1, Ordering::Relaxed);
+        TargetGuard {
+            upstream: self.clone(),
+            index: i,
+        }
+    }
+
+    /// Records the outcome of reaching target `i` (a request's connection, or a health check).
+    pub fn record(&self, i: usize, ok: bool, source: &str) {
+        let t = &self.targets[i];
+        if ok {
+            // Loads first: the common case (healthy, no failures) writes nothing shared.
+            if t.fails.load(Ordering::Relaxed) != 0 {
+                t.fails.store(0, Ordering::Relaxed);
+            }
+            if !t.is_ejected() {
+                return;
+            }
+            let passes = t.passes.fetch_add(1, Ordering::Relaxed) + 1;
+            // A request that got through restores at once; active checks need their threshold.
+            let restore = source == "request" || passes >= self.health.healthy_threshold;
+            if restore && t.ejected.swap(false, Ordering::Relaxed) {
+                tracing::info!(upstream = %self.name, target = %t.authority, source, "target restored");
+            }
+        } else {
+            t.passes.store(0, Ordering::Relaxed);
+            let fails = t.fails.fetch_add(1, Ordering::Relaxed) + 1;
+            if fails >= self.health.unhealthy_threshold {
+                t.ejected_at_ms.store(self.now_ms(), Ordering::Relaxed);
+                if !t.ejected.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(upstream = %self.name, target = %t.authority, source, fails, "target ejected");
+                }
+            }
+        }
+    }
+
+    /// One health check of target `i`: `GET` the path, healthy on 2xx/3xx within the timeout.
+    async fn check(&self, i: usize, path: &str) -> bool {
+        let t = &self.targets[i];
+        let Ok(uri) = t.uri(path, None) else {
+            return false;
+        };
+        let mut req = http::Request::new(crate::body::empty());
+        *req.uri_mut() = uri;
+        req.headers_mut()
+            .insert(http::header::HOST, t.host_header.clone());
+        req.headers_mut().insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static("wasmgate-health-check"),
+        );
+        match tokio::time::timeout(self.health.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => resp.status().is_success() || resp.status().is_redirection(),
+            _ => false,
+        }
+    }
+
+    /// Health of every target, for `/gateway/health`.
+    pub fn health_report(&self) -> serde_json::Value {
+        let targets: Vec<_> = self
+            .targets
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "target": t.authority.as_str(),
+                    "healthy": !t.is_ejected(),
+                    "in_flight": t.in_flight(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "healthy": self.targets.iter().filter(|t| !t.is_ejected()).count(),
+            "total": self.targets.len(),
+            "active_checks": self.health.path.is_some(),
+            "targets": targets,
         })
     }
 
@@ -195,16 +423,42 @@ impl Upstream {
     pub fn client_is_http2(&self) -> bool {
         self.http2
     }
+}
 
-    /// The target whose `host:port` is `hint` (a router plugin's choice), if it is one of ours.
-    pub fn target_named(&self, hint: &str) -> Option<&Target> {
-        self.targets.iter().find(|t| t.authority.as_str() == hint)
+impl wasmgate_plugin_host::UpstreamView for Upstream {
+    fn targets(&self) -> Vec<wasmgate_plugin_host::TargetView> {
+        self.targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| wasmgate_plugin_host::TargetView {
+                address: t.authority.to_string(),
+                healthy: self.available(i),
+                in_flight: t.in_flight(),
+                region: t.region.clone(),
+                workers: t.workers.clone(),
+            })
+            .collect()
     }
+}
 
-    /// The next target, round-robin.
-    pub fn next_target(&self) -> &Target {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.targets[i % self.targets.len()]
+/// Checks every target each `interval`, concurrently, until the upstream is gone.
+async fn health_loop(upstream: Weak<Upstream>, path: String, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(u) = upstream.upgrade() else { return };
+        let checks = (0..u.targets.len()).map(|i| {
+            let u = u.clone();
+            let path = path.clone();
+            tokio::spawn(async move {
+                let ok = u.check(i, &path).await;
+                u.record(i, ok, "health-check");
+            })
+        });
+        for c in checks.collect::<Vec<_>>() {
+            let _ = c.await;
+        }
     }
 }
 
@@ -218,14 +472,74 @@ mod tests {
             targets: vec!["http://a:1/base/".into(), "https://b:2".into()],
             ..Default::default()
         };
-        let u = Upstream::new("x", &cfg).unwrap();
-        let t = u.next_target();
+        let u = Upstream::new("x", &cfg, Duration::from_secs(1)).unwrap();
+        let t = &u.targets[u.choose(None, &[]).unwrap()];
         assert_eq!(
             t.uri("/v1/x", Some("a=1")).unwrap().to_string(),
             "http://a:1/base/v1/x?a=1"
         );
-        let t = u.next_target();
+        let t = &u.targets[u.choose(None, &[]).unwrap()];
         assert_eq!(t.uri("/", None).unwrap().to_string(), "https://b:2/");
-        assert_eq!(u.next_target().authority.as_str(), "a:1");
+        assert_eq!(u.choose(None, &[]), Some(0));
+    }
+
+    fn three() -> Upstream {
+        let cfg = UpstreamConfig {
+            targets: vec![
+                "http://a:1".into(),
+                "http://b:2".into(),
+                "http://c:3".into(),
+            ],
+            health_check: wasmgate_config::HealthCheckConfig {
+                path: Some("/health".into()),
+                unhealthy_threshold: 2,
+                healthy_threshold: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Upstream::new("x", &cfg, Duration::from_secs(1)).unwrap()
+    }
+
+    #[test]
+    fn ejected_targets_are_skipped_and_restored_after_the_threshold() {
+        let u = three();
+        u.record(1, false, "health-check");
+        assert!(
+            !u.targets[1].is_ejected(),
+            "one failure is under the threshold"
+        );
+        u.record(1, false, "health-check");
+        assert!(u.targets[1].is_ejected());
+        for _ in 0..12 {
+            assert_ne!(u.choose(None, &[]), Some(1));
+        }
+        // A router's hint for an ejected target is not honoured.
+        assert_ne!(u.choose(Some("b:2"), &[]), Some(1));
+        assert_eq!(u.choose(Some("c:3"), &[]), Some(2));
+        u.record(1, true, "health-check");
+        assert!(
+            u.targets[1].is_ejected(),
+            "one pass is under the healthy threshold"
+        );
+        u.record(1, true, "health-check");
+        assert!(!u.targets[1].is_ejected());
+    }
+
+    #[test]
+    fn retries_pick_untried_targets_then_stop() {
+        let u = three();
+        let first = u.choose(None, &[]).unwrap();
+        let second = u.choose(None, &[first]).unwrap();
+        assert_ne!(first, second);
+        let third = u.choose(None, &[first, second]).unwrap();
+        assert!(third != first && third != second);
+        assert_eq!(u.choose(None, &[0, 1, 2]), None);
+        // With every target ejected, one is still chosen (panic mode).
+        for i in 0..3 {
+            u.record(i, false, "health-check");
+            u.record(i, false, "health-check");
+        }
+        assert!(u.choose(None, &[]).is_some());
     }
 }

@@ -48,6 +48,8 @@ enum Behavior {
     ),
     /// Reads the body chunk by chunk, reporting each chunk to the test as it arrives.
     ChunkReporter(mpsc::UnboundedSender<Bytes>),
+    /// `200` while the switch is on, `503` while it is off (a health endpoint).
+    Switch(Arc<std::sync::atomic::AtomicBool>),
 }
 
 /// Builds a [`TestUpstream`].
@@ -93,6 +95,13 @@ impl UpstreamBuilder {
             prefix,
             Behavior::Fixed(status, content_type, Bytes::from_static(body.as_bytes())),
         )
+    }
+
+    /// A health endpoint the test turns on and off: `200 {"status":"ok"}` while the returned
+    /// switch is `true` (it starts on), `503` while it is `false`.
+    pub fn health_switch(self, prefix: &str) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+        let on = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        (self.add(prefix, Behavior::Switch(on.clone())), on)
     }
 
     /// Waits `delay` before sending the echo's headers.
@@ -273,6 +282,20 @@ impl State {
                     Response::builder()
                         .status(status)
                         .header("content-type", ct)
+                        .body(full(body))
+                        .unwrap()
+                }
+                Behavior::Switch(on) => {
+                    let (parts, _) = req.into_parts();
+                    self.record(&parts, Bytes::new());
+                    let (status, body) = if on.load(Ordering::SeqCst) {
+                        (StatusCode::OK, r#"{"status":"ok"}"#)
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"down"}"#)
+                    };
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
                         .body(full(body))
                         .unwrap()
                 }

@@ -35,7 +35,7 @@ pub mod bindings {
 }
 
 pub use bindings::wasmgate::plugin::types::{Header, LocalResponse, Phase};
-pub use bindings::wasmgate::plugin::{clock, crypto, kv, log, metrics, request, workers};
+pub use bindings::wasmgate::plugin::{clock, crypto, kv, log, metrics, request, upstream, workers};
 
 /// What a phase tells the host to do next.
 pub type Action = bindings::wasmgate::plugin::types::Action;
@@ -43,8 +43,8 @@ pub type Action = bindings::wasmgate::plugin::types::Action;
 /// Everything a plugin needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        clock, crypto, export_plugin, kv, log, metrics, request, workers, Action, Config, Header,
-        Info, LocalResponse, Phase, Plugin,
+        clock, crypto, export_plugin, kv, log, metrics, request, upstream, workers, Action, Config,
+        Header, Info, LocalResponse, Phase, Plugin,
     };
 }
 
