@@ -181,7 +181,10 @@ async fn sighup_reloads_the_environment_configuration() {
     let b = upstream().route("/", "b").spawn().await;
     let dir = tempdir("hup");
     let env = |url: &str| {
-        format!("FASTAPI_URL={url}\nGATEWAY_HOST=127.0.0.1\nGATEWAY_PORT=0\nAUTH_ENABLED=false\n")
+        // The cache (on by default in ACIP mode) would rightly keep serving `a`.
+        format!(
+            "FASTAPI_URL={url}\nGATEWAY_HOST=127.0.0.1\nGATEWAY_PORT=0\nAUTH_ENABLED=false\nCACHE_ENABLED=false\n"
+        )
     };
     std::fs::write(dir.join(".env"), env(&a.url())).unwrap();
     let gw = GatewayProcess::spawn(wasmgate_command(&dir));

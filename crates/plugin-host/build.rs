@@ -5,7 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Guest crates that ship inside the binary as built-in plugins (`guest-plugins/builtins/`).
-const BUILTINS: &[&str] = &["auth", "cors", "rate-limit", "router", "security-headers"];
+const BUILTINS: &[&str] = &[
+    "auth",
+    "cache",
+    "cors",
+    "rate-limit",
+    "request-signing",
+    "router",
+    "security-headers",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

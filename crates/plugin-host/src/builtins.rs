@@ -4,9 +4,10 @@
 //!
 //! Chain order (lower first; folder plugins default to 0): `cors` -500 (preflights are
 //! answered before credentials are asked for), `auth` -400, `rate-limit` -300 (so limits can
-//! key on the authenticated identity), `router` -100 (after every plugin that may refuse the
-//! request), `security-headers` -600 (its response phase runs last: response phases run in
-//! reverse order).
+//! key on the authenticated identity), `cache` -200 (hits count against rate limits),
+//! `router` -100 (after every plugin that may refuse the request), `request-signing` last (it
+//! signs what every other plugin left), `security-headers` -600 (its response phase runs
+//! last: response phases run in reverse order).
 use std::sync::Arc;
 
 use serde_json::json;
@@ -23,6 +24,10 @@ pub const CORS_ORDER: i64 = -500;
 pub const AUTH_ORDER: i64 = -400;
 /// Position of `rate-limit` in the chain.
 pub const RATE_LIMIT_ORDER: i64 = -300;
+/// Position of `cache` in the chain (after rate limits: hits count against them).
+pub const CACHE_ORDER: i64 = -200;
+/// Position of `request-signing` in the chain: last, after every folder plugin.
+pub const REQUEST_SIGNING_ORDER: i64 = 1_000_000;
 /// Position of `router` in the chain (after the plugins that may refuse the request).
 pub const ROUTER_ORDER: i64 = -100;
 
@@ -201,6 +206,30 @@ pub fn enabled(config: &Config) -> Result<Vec<(&'static str, PluginSettings)>, S
             },
         ));
     }
+    let cache = &config.cache;
+    if cache.enabled {
+        let init = json!({
+            "ttl_ms": cache.ttl_seconds.saturating_mul(1000),
+            "max_entries": cache.max_size,
+            "methods": cache.methods,
+            "paths": cache.paths,
+            "exclude_paths": cache.exclude_paths,
+            "public_routes": cache.public_routes,
+            "max_entry_bytes": cache.max_entry_bytes,
+        });
+        out.push((
+            "cache",
+            PluginSettings {
+                grants: vec!["kv".into(), "metrics".into()],
+                namespace: Some("cache".into()),
+                config_json: init.to_string(),
+                order: CACHE_ORDER,
+                // A broken cache must not break the API: requests go to the upstream.
+                fail_policy: FailPolicy::FailOpen,
+                ..Default::default()
+            },
+        ));
+    }
     let router = &config.router;
     if router.strategy != RouterStrategy::RoundRobin {
         let init = json!({
@@ -225,6 +254,23 @@ pub fn enabled(config: &Config) -> Result<Vec<(&'static str, PluginSettings)>, S
             },
         ));
     }
+    if let Some(secret) = config
+        .request_signing
+        .secret
+        .as_ref()
+        .filter(|s| !s.is_empty())
+    {
+        out.push((
+            "request-signing",
+            PluginSettings {
+                config_json: json!({ "secret": secret.expose() }).to_string(),
+                order: REQUEST_SIGNING_ORDER,
+                // An unsigned request would be refused by the backend anyway: say why here.
+                fail_policy: FailPolicy::FailClosed,
+                ..Default::default()
+            },
+        ));
+    }
     Ok(out)
 }
 
@@ -234,6 +280,8 @@ pub fn differ(a: &Config, b: &Config) -> bool {
         || a.auth != b.auth
         || a.cors != b.cors
         || a.security_headers != b.security_headers
+        || a.cache != b.cache
+        || a.request_signing != b.request_signing
         || a.router.strategy != b.router.strategy
         || a.router.region_header != b.router.region_header
         || a.router.networks != b.router.networks

@@ -240,6 +240,18 @@ fn get(map: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Every header with a UTF-8 value, repeated ones included.
+fn all(map: &HeaderMap) -> Vec<Header> {
+    map.iter()
+        .filter_map(|(k, v)| {
+            v.to_str().ok().map(|v| Header {
+                name: k.as_str().to_string(),
+                value: v.to_string(),
+            })
+        })
+        .collect()
+}
+
 fn set(map: &mut HeaderMap, name: &str, value: &str) {
     if let (Some(n), Ok(v)) = (header_name(name), HeaderValue::from_str(value)) {
         map.insert(n, v);
@@ -282,16 +294,7 @@ impl request::Host for HostState {
         get(&self.req.headers, &name)
     }
     fn get_headers(&mut self) -> Vec<Header> {
-        self.req
-            .headers
-            .iter()
-            .filter_map(|(k, v)| {
-                v.to_str().ok().map(|v| Header {
-                    name: k.as_str().to_string(),
-                    value: v.to_string(),
-                })
-            })
-            .collect()
+        all(&self.req.headers)
     }
     fn set_header(&mut self, name: String, value: String) {
         set(&mut self.req.headers, &name, &value);
@@ -312,6 +315,9 @@ impl request::Host for HostState {
     }
     fn get_response_header(&mut self, name: String) -> Option<String> {
         get(&self.req.response_headers, &name)
+    }
+    fn get_response_headers(&mut self) -> Vec<Header> {
+        all(&self.req.response_headers)
     }
     fn set_response_header(&mut self, name: String, value: String) {
         set(&mut self.req.response_headers, &name, &value);

@@ -39,6 +39,9 @@ pub struct Phases {
     pub response_body: bool,
     /// `on-log`.
     pub log: bool,
+    /// The `buffer-request-body` capability: `on-request-body` sees the whole body before the
+    /// request goes upstream (and its header changes are sent).
+    pub buffer_request_body: bool,
 }
 
 impl Phases {
@@ -64,6 +67,7 @@ impl Phases {
             (self.response_headers, "response-headers"),
             (self.response_body, "response-body"),
             (self.log, "log"),
+            (self.buffer_request_body, "request-body-buffered"),
         ]
         .into_iter()
         .filter_map(|(on, n)| on.then_some(n))
@@ -282,7 +286,14 @@ impl LoadedPlugin {
                 info.name
             )));
         }
+        let mut buffer_request_body = false;
         for cap in &info.capabilities {
+            // Costs memory (bounded by `server.max_body_bytes`) and latency, grants no access:
+            // needs no operator grant.
+            if cap == "buffer-request-body" {
+                buffer_request_body = true;
+                continue;
+            }
             if !["kv", "workers", "metrics"].contains(&cap.as_str()) {
                 return Err(PluginError::Init(format!("unknown capability `{cap}`")));
             }
@@ -295,6 +306,7 @@ impl LoadedPlugin {
         self.name = info.name;
         self.version = info.version;
         self.phases = Phases::from_wit(&info.phases);
+        self.phases.buffer_request_body = buffer_request_body && self.phases.request_body;
         Ok(())
     }
 

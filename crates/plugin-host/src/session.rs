@@ -84,6 +84,12 @@ impl RequestSession {
         self.wants(|p| p.phases.request_body)
     }
 
+    /// Whether a plugin asked for the whole request body before the upstream request
+    /// (`buffer-request-body`).
+    pub fn buffers_request_body(&self) -> bool {
+        self.wants(|p| p.phases.buffer_request_body)
+    }
+
     /// Whether a plugin implements `on-response-body`.
     pub fn wants_response_body(&self) -> bool {
         self.wants(|p| p.phases.response_body)

@@ -1,5 +1,6 @@
 //! Endpoints the gateway answers itself, before routing: `/gateway/health`,
-//! `GET /gateway/plugins` and `POST /gateway/plugins/{name}/enable|disable|reload`.
+//! `GET /gateway/plugins`, `POST /gateway/plugins/{name}/enable|disable|reload` and
+//! `POST /gateway/cache/purge[?prefix=/path]`.
 //! State-changing endpoints need `Authorization: Bearer <admin.token>`; with no admin token
 //! configured they answer 403 and say how to set one.
 use bytes::Bytes;
@@ -17,6 +18,9 @@ use crate::{Gateway, VERSION};
 /// The health endpoint, answered before routing and before the in-flight cap.
 pub const HEALTH_PATH: &str = "/gateway/health";
 const PLUGINS_PATH: &str = "/gateway/plugins";
+const PURGE_PATH: &str = "/gateway/cache/purge";
+/// Cache entries read per store call while purging by prefix.
+const PURGE_BATCH: usize = 100;
 
 /// Answers a local endpoint, or `None` to route the request.
 pub(crate) async fn local<B>(
@@ -27,6 +31,19 @@ pub(crate) async fn local<B>(
     let path = req.uri().path();
     if path == HEALTH_PATH {
         return Some(json_response(StatusCode::OK, &health(gw), request_id));
+    }
+    if path == PURGE_PATH {
+        let result = match req.method() {
+            &Method::POST => match authorize(gw, req) {
+                Ok(()) => purge(gw, query_param(req.uri(), "prefix").as_deref()).await,
+                Err(e) => Err(e),
+            },
+            _ => Err(ProxyError::MethodNotAllowed),
+        };
+        return Some(match result {
+            Ok(v) => json_response(StatusCode::OK, &v, request_id),
+            Err(e) => error_response(&e, request_id_str(request_id)),
+        });
     }
     // On a segment boundary: `/gateway/pluginsX` is an ordinary routed path.
     let rest = path
@@ -84,6 +101,99 @@ async fn plugins_endpoint<B>(
     }
 }
 
+/// One query parameter, percent-decoded.
+fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Removes cached responses (all, or those whose path starts with `prefix`) from the `cache`
+/// namespace and every tenant's, with their index entries. Entries are the cache built-in's:
+/// a JSON head line holding the `path`, then the body.
+async fn purge(gw: &Gateway, prefix: Option<&str>) -> Result<Value, ProxyError> {
+    let services = gw.services();
+    let store = &services.store;
+    let unavailable =
+        |e: wasmgate_plugin_host::state::StoreError| ProxyError::StateUnavailable(e.to_string());
+    let kp = &services.key_prefix;
+    let mut indexes = vec![format!("{kp}cache:keys")];
+    let tenants = store
+        .scan_prefix(&format!("{kp}t:"), 1_000_000)
+        .await
+        .map_err(unavailable)?;
+    indexes.extend(tenants.into_iter().filter(|k| k.ends_with(":cache:keys")));
+    let mut purged = 0u64;
+    for index in &indexes {
+        let namespace = &index[..index.len() - "keys".len()];
+        let members = store.set_members(index).await.map_err(unavailable)?;
+        for batch in members.chunks(PURGE_BATCH) {
+            let keys: Vec<String> = batch.iter().map(|m| format!("{namespace}{m}")).collect();
+            let values = match prefix {
+                Some(_) => store.get_many(&keys).await.map_err(unavailable)?,
+                None => Vec::new(),
+            };
+            for (i, (member, key)) in batch.iter().zip(&keys).enumerate() {
+                let matches = match (prefix, values.get(i)) {
+                    (None, _) => true,
+                    (Some(p), Some(Some(v))) => {
+                        entry_path(v).is_some_and(|path| path.starts_with(p))
+                    }
+                    // Expired: only its index entry is left; drop it.
+                    (Some(_), _) => {
+                        store.set_remove(index, member).await.map_err(unavailable)?;
+                        continue;
+                    }
+                };
+                if matches {
+                    if store.delete(key).await.map_err(unavailable)? {
+                        purged += 1;
+                    }
+                    store.set_remove(index, member).await.map_err(unavailable)?;
+                }
+            }
+        }
+    }
+    tracing::info!(purged, prefix, "cache purged");
+    Ok(json!({"purged": purged, "prefix": prefix}))
+}
+
+/// The `path` of a cache entry's head line.
+fn entry_path(entry: &[u8]) -> Option<String> {
+    let nl = entry.iter().position(|b| *b == b'\n')?;
+    let head: Value = serde_json::from_slice(&entry[..nl]).ok()?;
+    head["path"].as_str().map(str::to_string)
+}
+
 /// `degraded` (still 200: the gateway serves, under each plugin's fail policy) while the state
 /// store is down, with the reason under `checks.state`.
 fn health(gw: &Gateway) -> Value {
@@ -95,11 +205,23 @@ fn health(gw: &Gateway) -> Value {
     if !store.is_up() {
         state["impact"] = json!("plugins get `unavailable` from kv calls and apply their fail policy (rate limits fail open, caches bypass)");
     }
+    let snap = gw.snapshot();
+    let upstreams: serde_json::Map<String, Value> = snap
+        .upstreams
+        .iter()
+        .map(|(name, u)| {
+            let mut report = u.health_report();
+            // No credential is asked here: counts only, no internal addresses.
+            report.as_object_mut().map(|o| o.remove("targets"));
+            (name.clone(), report)
+        })
+        .collect();
     json!({
         "status": status,
         "version": VERSION,
         "uptime_s": gw.uptime_secs(),
         "checks": {
+            "upstreams": upstreams,
             "state": state,
             "workers": {
                 "active": workers.active().len(),

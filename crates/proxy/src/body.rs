@@ -117,7 +117,7 @@ impl Body for TakeOnPoll {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 

@@ -74,6 +74,9 @@ pub enum ProxyError {
     /// The method is not supported on this endpoint.
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
+    /// The state store could not serve an admin operation.
+    #[error("the state store is unavailable: {0}")]
+    StateUnavailable(String),
 }
 
 /// Result alias of the data plane.
@@ -98,6 +101,7 @@ impl ProxyError {
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::NotFound(_) => "not_found",
             ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::StateUnavailable(_) => "state_unavailable",
         }
     }
 
@@ -121,6 +125,7 @@ impl ProxyError {
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::StateUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -21,7 +21,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use crate::body::{empty, BoxError, LimitedBody, ProxyBody, ResponseBody, UnsentBody};
+use crate::body::{empty, full, BoxError, LimitedBody, ProxyBody, ResponseBody, UnsentBody};
 use crate::error::{error_response, ProxyError, Result};
 use crate::headers::{self, remove_hop_by_hop, X_REQUEST_ID};
 use crate::limit::InFlightPermit;
@@ -120,7 +120,7 @@ where
     }
 
     // Plugins see the cleaned request; what they answer or hint decides what happens next.
-    let (session, hint) = match request_phase(
+    let (mut session, mut hint) = match request_phase(
         gw,
         &snap,
         conn,
@@ -138,7 +138,35 @@ where
         RequestPhase::Continue(s, hint) => (Some(s), hint),
         RequestPhase::NoPlugins => (None, None),
     };
-    let wants_request_body = session.as_ref().is_some_and(|s| s.wants_request_body());
+    // A plugin that signs (or otherwise needs) the whole body sees it before the upstream
+    // request: read it here, through every body plugin, then send it in one piece to the
+    // target chosen now (the `upstream-path` property tells the plugins its path).
+    let mut body = Some(body);
+    let mut buffered: Option<Bytes> = None;
+    if let Some(s) = session.as_mut().filter(|s| s.buffers_request_body()) {
+        let first = upstream.choose(hint.as_deref(), &[]).unwrap_or(0);
+        let target = &upstream.targets[first];
+        let path = format!(
+            "{}{}",
+            target.base_path,
+            route.upstream_path(parts.uri.path())
+        );
+        s.state.properties.insert("upstream-path".into(), path);
+        hint = Some(target.authority.to_string());
+        s.state.headers = std::mem::take(&mut parts.headers);
+        let read = buffered_body_phase(s, body.take().expect("body"), limits.max_body_bytes).await;
+        parts.headers = std::mem::take(&mut s.state.headers);
+        match read? {
+            Ok(bytes) => buffered = Some(bytes),
+            Err(local) => {
+                let permits = (global_permit, upstream_permit);
+                let s = session.take().map(Session::Owned);
+                return local_answer(s, local, request_id, permits).await;
+            }
+        }
+    }
+    let wants_request_body =
+        buffered.is_none() && session.as_ref().is_some_and(|s| s.wants_request_body());
     let wants_response_body = session.as_ref().is_some_and(|s| s.wants_response_body());
     let mut session = session.map(|s| {
         if wants_request_body || wants_response_body {
@@ -175,9 +203,9 @@ where
 
     // Bodiless requests (most GETs) skip the limiter: no flag, no allocation.
     let mut verdict: Option<VerdictSlot> = None;
-    let (body, tripped) = if body.is_end_stream() {
-        (empty(), None)
-    } else {
+    let (body, tripped) = if let Some(bytes) = buffered {
+        (full(bytes), None)
+    } else if let Some(body) = body.take().filter(|b| !b.is_end_stream()) {
         let tripped = Arc::new(AtomicBool::new(false));
         let limited = LimitedBody::new(body, limits.max_body_bytes, tripped.clone());
         let body = match (&session, wants_request_body) {
@@ -189,6 +217,8 @@ where
             _ => limited.boxed_unsync(),
         };
         (body, Some(tripped))
+    } else {
+        (empty(), None)
     };
 
     // Attempts: the first target, then (on a failure before any response) untried ones. A
@@ -360,6 +390,42 @@ async fn request_phase(
         Ok(Decision::Respond(local)) => Ok(RequestPhase::Answered(s, local)),
         Ok(Decision::Continue { upstream_hint }) => Ok(RequestPhase::Continue(s, upstream_hint)),
     }
+}
+
+/// Reads the whole request body (at most `max` bytes) through the plugins' `on-request-body`
+/// — once per chunk, then once empty at the end — for plugins that need all of it before the
+/// upstream request. `Ok(Err(local))` is a plugin's answer.
+async fn buffered_body_phase<B>(
+    s: &mut RequestSession,
+    body: B,
+    max: u64,
+) -> Result<std::result::Result<Bytes, wasmgate_plugin_host::bindings::LocalResponse>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buf = bytes::BytesMut::new();
+    let plugin_failed = |f: wasmgate_plugin_host::PluginFailure| ProxyError::Plugin(f.plugin);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ProxyError::BadRequest(format!("reading the request body: {}", e.into()))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() as u64 + data.len() as u64 > max {
+            return Err(ProxyError::PayloadTooLarge(max));
+        }
+        if let Some(local) = s.request_body(&data, false).await.map_err(plugin_failed)? {
+            return Ok(Err(local));
+        }
+        buf.extend_from_slice(&data);
+    }
+    if let Some(local) = s.request_body(&[], true).await.map_err(plugin_failed)? {
+        return Ok(Err(local));
+    }
+    Ok(Ok(buf.freeze()))
 }
 
 /// A request's plugin session: owned by the request path, or shared with the body wrappers

@@ -50,6 +50,8 @@ enum Behavior {
     ChunkReporter(mpsc::UnboundedSender<Bytes>),
     /// `200` while the switch is on, `503` while it is off (a health endpoint).
     Switch(Arc<std::sync::atomic::AtomicBool>),
+    /// Another behavior, with headers added to its response.
+    WithHeaders(Vec<(&'static str, &'static str)>, Box<Behavior>),
 }
 
 /// Builds a [`TestUpstream`].
@@ -102,6 +104,14 @@ impl UpstreamBuilder {
     pub fn health_switch(self, prefix: &str) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
         let on = Arc::new(std::sync::atomic::AtomicBool::new(true));
         (self.add(prefix, Behavior::Switch(on.clone())), on)
+    }
+
+    /// The echo, with `headers` added to its response (e.g. `Cache-Control`, `Vary`).
+    pub fn echo_with(self, prefix: &str, headers: &[(&'static str, &'static str)]) -> Self {
+        self.add(
+            prefix,
+            Behavior::WithHeaders(headers.to_vec(), Box::new(Behavior::Echo)),
+        )
     }
 
     /// Waits `delay` before sending the echo's headers.
@@ -284,6 +294,14 @@ impl State {
                         .header("content-type", ct)
                         .body(full(body))
                         .unwrap()
+                }
+                Behavior::WithHeaders(headers, inner) => {
+                    let mut resp = self.run(*inner, req).await;
+                    for (name, value) in headers {
+                        resp.headers_mut()
+                            .append(name, http::HeaderValue::from_static(value));
+                    }
+                    resp
                 }
                 Behavior::Switch(on) => {
                     let (parts, _) = req.into_parts();
