@@ -12,6 +12,10 @@ test:
 check FILE="deploy/wasmgate.toml":
     cargo run --quiet --bin wasmgate -- check --config {{FILE}}
 
+# Two inference simulators with GPU workers and the gateway on :3000 with every built-in; prints curl lines.
+demo *ARGS:
+    cargo run --release --bin wasmgate -- demo {{ARGS}}
+
 # Start the inference simulator on :8000 (workers heartbeat into $REDIS_URL when set).
 sim *ARGS:
     cargo run --release --bin wasmgate-sim -- {{ARGS}}

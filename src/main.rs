@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod reload;
 mod source;
 
@@ -32,6 +33,9 @@ enum Command {
     /// Work with plugin files.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Start two inference simulators with simulated GPU workers and the gateway in front of
+    /// them with every built-in plugin, and print `curl` lines to try.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +64,15 @@ fn main() -> ExitCode {
     {
         return inspect(file, plugin_config, *json);
     }
+    if let Some(Command::Demo(args)) = cli.command {
+        return match demo::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wasmgate demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let loader = ConfigLoader::new(cli.config.clone());
     let config = match loader.load() {
         Ok(c) => c,
@@ -78,7 +91,9 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Plugin(_) => unreachable!("handled before the configuration is loaded"),
+        Command::Plugin(_) | Command::Demo(_) => {
+            unreachable!("handled before the configuration is loaded")
+        }
         Command::Run => match run(loader, config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -281,3 +281,84 @@ fn plugin_inspect_says_whether_a_file_fits_the_world() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_what_its_guide_promises() {
+    let dir = tempdir("demo");
+    let mut cmd = wasmgate_command(&dir);
+    cmd.args(["demo", "--port", "0", "--rate-limit", "8"]);
+    let gw = GatewayProcess::spawn(cmd);
+    assert!(
+        gw.wait_log("Ctrl-C stops everything", Duration::from_secs(10))
+            .await,
+        "{}",
+        gw.log()
+    );
+    let guide = gw.log();
+    assert!(guide.contains("curl -i http://") && guide.contains("X-API-Key: demo-key"));
+    let c = client();
+    let key = ("x-api-key", "demo-key");
+
+    // A rejected call, an accepted one, a cache hit.
+    let r = c.get(gw.url("/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(gw.url("/v1/models"))
+        .header(key.0, key.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-gateway-cache"], "MISS");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let r = c
+        .get(gw.url("/v1/models"))
+        .header(key.0, key.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-gateway-cache"], "HIT");
+
+    // A streamed completion.
+    let body = r#"{"model":"sim-llama-3-8b","stream":true,"messages":[{"role":"user","content":"Hello"}]}"#;
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .header(key.0, key.1)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let stream = r.text().await.unwrap();
+    assert!(stream.contains("data: [DONE]"), "{stream}");
+
+    // The worker list, from heartbeats written into the gateway's in-memory store.
+    let mut workers = serde_json::Value::Null;
+    for _ in 0..100 {
+        workers = common::json(c.get(gw.url("/api/v1/workers")).header(key.0, key.1)).await;
+        if workers["total"] == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(workers["total"], 4, "{workers}");
+
+    // The rate limit: 8 per minute (the calls above counted).
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let r = c
+            .get(gw.url("/v1/models"))
+            .header(key.0, key.1)
+            .send()
+            .await
+            .unwrap();
+        codes.push(r.status().as_u16());
+    }
+    assert!(codes.contains(&429), "{codes:?}");
+    std::fs::remove_dir_all(dir).ok();
+}

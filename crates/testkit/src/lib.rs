@@ -14,12 +14,13 @@
 pub mod gateway;
 pub mod load;
 pub mod redis;
-pub mod sim;
 pub mod upstream;
 
 pub use gateway::{gateway, GatewayBuilder, TestGateway};
 pub use redis::{Monitor, RedisCluster, RedisSentinel, RedisServer};
 pub use upstream::{upstream, Recorded, TestUpstream, UpstreamBuilder};
+/// The inference simulator (its own crate, also used by `wasmgate demo`).
+pub use wasmgate_sim as sim;
 
 /// A free TCP port on 127.0.0.1 (bound and released; fine for child processes that need a
 /// number up front).

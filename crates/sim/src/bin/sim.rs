@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use wasmgate_testkit::sim::{SimOptions, Simulator};
+use wasmgate_sim::{SimOptions, Simulator};
 
 /// A stand-in for the FastAPI GPU inference server and its workers.
 #[derive(Debug, Parser)]
@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_millis(a.heartbeat_ms),
         token_delay: Duration::from_millis(a.token_delay_ms),
         job_duration: Duration::from_millis(a.job_ms),
+        ..Default::default()
     })
     .await?;
     eprintln!(

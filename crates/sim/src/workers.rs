@@ -1,4 +1,6 @@
-//! Simulated Python GPU workers writing heartbeats into Redis, as the real workers do.
+//! Simulated Python GPU workers writing heartbeats into Redis, as the real workers do (or,
+//! in-process, into the gateway's own store: `wasmgate demo` without Redis).
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fred::prelude::*;
@@ -9,17 +11,58 @@ use super::SimOptions;
 
 /// The ids the simulator gives its workers.
 pub fn worker_ids(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("sim-worker-{i}")).collect()
+    prefixed_worker_ids("sim-worker-", n)
+}
+
+/// Worker ids `{prefix}{i}`.
+pub fn prefixed_worker_ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Where heartbeats go.
+pub(super) enum Writer {
+    /// A Redis client, as a Python worker's.
+    Redis(Client),
+    /// A store in this process.
+    Store(Arc<dyn wasmgate_state::Store>),
+}
+
+impl Writer {
+    pub(super) async fn connect(url: &str) -> anyhow::Result<Writer> {
+        let client = Builder::from_config(Config::from_url(url)?).build()?;
+        client.init().await?;
+        Ok(Writer::Redis(client))
+    }
+
+    async fn set(&self, key: String, value: String, ttl_s: i64) -> anyhow::Result<()> {
+        match self {
+            Writer::Redis(c) => {
+                let ex = Some(Expiration::EX(ttl_s));
+                let _: () = c.set(key, value, ex, None, false).await?;
+            }
+            Writer::Store(s) => {
+                let ttl = Duration::from_secs(ttl_s as u64);
+                s.set(&key, value.into_bytes(), Some(ttl))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(self) {
+        if let Writer::Redis(c) = self {
+            let _ = c.quit().await;
+        }
+    }
 }
 
 pub(super) async fn spawn(
-    url: &str,
+    client: Writer,
     opts: &SimOptions,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let client = Builder::from_config(Config::from_url(url)?).build()?;
-    client.init().await?;
-    let ids = worker_ids(opts.workers);
+    let ids = prefixed_worker_ids(&opts.worker_prefix, opts.workers);
     let regions = opts.regions.clone();
     let interval = opts.heartbeat_interval;
     // Keys outlive a few missed beats, then vanish like a dead worker's would.
@@ -37,13 +80,13 @@ pub(super) async fn spawn(
             }
             tick += 1;
         }
-        let _ = client.quit().await;
+        client.close().await;
     });
     Ok(())
 }
 
 async fn beat(
-    client: &Client,
+    client: &Writer,
     ids: &[String],
     regions: &[String],
     ttl: i64,
@@ -81,27 +124,14 @@ async fn beat(
         } else {
             now.as_millis().to_string()
         };
-        let ex = Some(Expiration::EX(ttl));
-        let _: () = client
-            .set(
-                format!("worker:{id}:status"),
-                status.to_string(),
-                ex.clone(),
-                None,
-                false,
-            )
+        client
+            .set(format!("worker:{id}:status"), status.to_string(), ttl)
             .await?;
-        let _: () = client
-            .set(
-                format!("worker:{id}:gpu"),
-                gpu.to_string(),
-                ex.clone(),
-                None,
-                false,
-            )
+        client
+            .set(format!("worker:{id}:gpu"), gpu.to_string(), ttl)
             .await?;
-        let _: () = client
-            .set(format!("worker:{id}:heartbeat"), hb, ex, None, false)
+        client
+            .set(format!("worker:{id}:heartbeat"), hb, ttl)
             .await?;
     }
     Ok(())

@@ -19,15 +19,20 @@ use tokio::sync::watch;
 mod api;
 mod workers;
 
-pub use workers::worker_ids;
+pub use workers::{prefixed_worker_ids, worker_ids};
 
 /// How the simulator behaves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SimOptions {
     /// Address to bind; port 0 picks one.
     pub bind: SocketAddr,
-    /// Redis to heartbeat into; `None` = no simulated workers.
+    /// Redis to heartbeat into (as a Python worker would).
     pub redis_url: Option<String>,
+    /// Or a store in this process to heartbeat into (`wasmgate demo` on memory state). With
+    /// neither, there are no simulated workers.
+    pub store: Option<std::sync::Arc<dyn wasmgate_state::Store>>,
+    /// Worker ids are `{worker_prefix}{i}`.
+    pub worker_prefix: String,
     /// Number of simulated GPU workers.
     pub workers: usize,
     /// Regions assigned to workers in turn.
@@ -45,6 +50,8 @@ impl Default for SimOptions {
         SimOptions {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             redis_url: None,
+            store: None,
+            worker_prefix: "sim-worker-".into(),
             workers: 2,
             regions: vec!["us-east".into(), "eu-west".into()],
             heartbeat_interval: Duration::from_secs(1),
@@ -75,8 +82,13 @@ impl Simulator {
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
         let state = Arc::new(api::SimState::new(&opts));
-        if let Some(url) = &opts.redis_url {
-            workers::spawn(url, &opts, stop_rx.clone()).await?;
+        let writer = match (&opts.redis_url, &opts.store) {
+            (Some(url), _) => Some(workers::Writer::connect(url).await?),
+            (None, Some(store)) => Some(workers::Writer::Store(store.clone())),
+            (None, None) => None,
+        };
+        if let Some(writer) = writer {
+            workers::spawn(writer, &opts, stop_rx.clone()).await?;
         }
         let mut stop_accept = stop_rx;
         tokio::spawn(async move {
