@@ -1,14 +1,14 @@
 //! End to end: the gateway with the built-in chain auth (API key) → rate-limit (sliding
-//! window, a limit never reached) on memory state, and on Redis, against the gateway with no
-//! plugins; same upstream and load generator as bench-proxy, one worker thread per gateway,
+//! window, a limit never reached) → router (least-connections over two targets) on memory
+//! state, and on Redis, against the gateway with no plugins (round-robin over the same two
+//! targets); same upstreams and load generator as bench-proxy, one worker thread per gateway,
 //! interleaved rounds, medians of per-round ratios. Targets: memory >= 0.8, Redis >= 0.5.
 //! `cargo bench --bench builtins_load` (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONNECTIONS;
-//! BENCH_CHAIN=auth or BENCH_CHAIN=rate-limit runs one built-in alone).
-//! The router built-in is not in the chain yet (issue #5 remains open for it).
+//! BENCH_CHAIN=auth, rate-limit or router runs one built-in alone).
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wasmgate_config::{Config, Secret};
+use wasmgate_config::{Config, RouterStrategy, Secret};
 use wasmgate_testkit::load::{
     env_knob as env_or, fast_upstream, run_load_with, serve_gateway, single_route_config,
 };
@@ -16,13 +16,25 @@ use wasmgate_testkit::RedisServer;
 
 const KEY: (&str, &str) = ("x-api-key", "bench-key-1");
 
-fn chain_config(upstream: SocketAddr, redis: Option<String>) -> Config {
-    let mut c = single_route_config(upstream);
-    // BENCH_CHAIN=auth or rate-limit measures one of the two alone.
+/// One route over two targets.
+fn two_targets(upstreams: [SocketAddr; 2]) -> Config {
+    let mut c = single_route_config(upstreams[0]);
+    let u = c.upstreams.get_mut("bench").unwrap();
+    u.targets.push(format!("http://{}", upstreams[1]));
+    c
+}
+
+fn chain_config(upstreams: [SocketAddr; 2], redis: Option<String>) -> Config {
+    let mut c = two_targets(upstreams);
+    // BENCH_CHAIN=auth, rate-limit or router measures one alone.
     let only = std::env::var("BENCH_CHAIN").unwrap_or_default();
-    c.auth.enabled = only != "rate-limit";
+    let on = |name: &str| only.is_empty() || only == name;
+    c.auth.enabled = on("auth");
     c.auth.api_keys = vec![Secret::new(KEY.1)];
-    c.rate_limit.enabled = only != "auth";
+    if on("router") {
+        c.router.strategy = RouterStrategy::LeastConnections;
+    }
+    c.rate_limit.enabled = on("rate-limit");
     c.rate_limit.max_requests = u64::MAX >> 2;
     c.rate_limit.window_ms = 1_000;
     c.redis.url = redis.map(Secret::new);
@@ -48,14 +60,14 @@ fn main() {
         .build()
         .unwrap();
     let redis = rt.block_on(RedisServer::start());
-    let upstream = fast_upstream(1);
-    let plain = gateway("bench-plain", single_route_config(upstream));
-    let memory = gateway("bench-memory", chain_config(upstream, None));
-    let on_redis = gateway("bench-redis", chain_config(upstream, Some(redis.url())));
+    let upstreams = [fast_upstream(1), fast_upstream(1)];
+    let plain = gateway("bench-plain", two_targets(upstreams));
+    let memory = gateway("bench-memory", chain_config(upstreams, None));
+    let on_redis = gateway("bench-redis", chain_config(upstreams, Some(redis.url())));
     let targets = [
         ("no plugins", plain),
-        ("auth+rate-limit, memory", memory),
-        ("auth+rate-limit, Redis", on_redis),
+        ("auth+rate-limit+router, memory", memory),
+        ("auth+rate-limit+router, Redis", on_redis),
     ];
     println!("builtins_load: {conns} connections, {rounds} rounds x {secs}s, 1 worker thread per gateway; Redis on loopback");
     let load = |addr, d| rt.block_on(run_load_with(addr, "/api/v1/jobs/1", &[KEY], conns, d));
