@@ -280,7 +280,7 @@ async fn the_worker_registry_reads_heartbeats_and_serves_the_worker_list() {
     common::expect_error(resp, 405, "method_not_allowed").await;
     let health = json(c.get(gw.url("/gateway/health"))).await;
     assert_eq!(health["checks"]["workers"]["active"], 2, "{health}");
-    assert_eq!(health["checks"]["state"]["backend"], "redis");
+    assert_eq!(health["checks"]["redis"]["backend"], "redis");
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -293,8 +293,8 @@ async fn without_redis_state_is_in_memory_and_the_worker_list_is_empty() {
     assert_eq!(v, serde_json::json!({"workers": [], "total": 0}));
     let health = json(c.get(gw.url("/gateway/health"))).await;
     assert_eq!(health["status"], "healthy");
-    assert_eq!(health["checks"]["state"]["backend"], "memory");
-    assert_eq!(health["checks"]["state"]["status"], "up");
+    assert_eq!(health["checks"]["redis"]["backend"], "memory");
+    assert_eq!(health["checks"]["redis"]["status"], "up");
     // The endpoint path is configurable, and can be turned off.
     let off = gateway()
         .upstream(&up)
@@ -356,11 +356,11 @@ async fn a_redis_outage_under_traffic_costs_no_request_and_recovers_by_itself() 
     redis.stop();
     eventually("health says degraded", async || {
         let h = json(c.get(gw.url("/gateway/health"))).await;
-        h["status"] == "degraded" && h["checks"]["state"]["error"].is_string()
+        h["status"] == "degraded" && h["checks"]["redis"]["error"].is_string()
     })
     .await;
     let h = json(c.get(gw.url("/gateway/health"))).await;
-    assert_eq!(h["checks"]["state"]["status"], "down", "{h}");
+    assert_eq!(h["checks"]["redis"]["status"], "down", "{h}");
     eventually("requests pass fail-open", async || {
         outcomes("unavailable") > 20
     })

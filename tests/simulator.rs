@@ -142,7 +142,7 @@ async fn the_binary_lists_the_workers_that_heartbeat_into_redis() {
     assert_eq!(listed, worker_ids(3));
     let health: Value = common::json(c.get(gw.url("/gateway/health"))).await;
     assert_eq!(health["status"], "healthy", "{health}");
-    assert_eq!(health["checks"]["state"]["backend"], "redis");
+    assert_eq!(health["checks"]["redis"]["backend"], "redis");
     assert!(
         !gw.log().contains("s3cret-redis"),
         "the Redis password is never logged"

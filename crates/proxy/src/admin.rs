@@ -1,5 +1,5 @@
-//! Endpoints the gateway answers itself, before routing: `/gateway/health`,
-//! `GET /gateway/plugins`, `POST /gateway/plugins/{name}/enable|disable|reload` and
+//! Endpoints the gateway answers itself, before routing: `/gateway/health` (and `/live`,
+//! `/ready` for Kubernetes probes), `GET /gateway/config` (admin), `GET /gateway/plugins`, `POST /gateway/plugins/{name}/enable|disable|reload` and
 //! `POST /gateway/cache/purge[?prefix=/path]`.
 //! State-changing endpoints need `Authorization: Bearer <admin.token>`; with no admin token
 //! configured they answer 403 and say how to set one.
@@ -19,6 +19,11 @@ use crate::{Gateway, VERSION};
 pub const HEALTH_PATH: &str = "/gateway/health";
 const PLUGINS_PATH: &str = "/gateway/plugins";
 const PURGE_PATH: &str = "/gateway/cache/purge";
+const CONFIG_PATH: &str = "/gateway/config";
+/// Liveness: the process serves requests.
+pub const LIVE_PATH: &str = "/gateway/health/live";
+/// Readiness: the gateway can serve traffic (not `unhealthy`).
+pub const READY_PATH: &str = "/gateway/health/ready";
 /// Cache entries read per store call while purging by prefix.
 const PURGE_BATCH: usize = 100;
 
@@ -29,8 +34,35 @@ pub(crate) async fn local<B>(
     request_id: &HeaderValue,
 ) -> Option<Response<ProxyBody>> {
     let path = req.uri().path();
-    if path == HEALTH_PATH {
-        return Some(json_response(StatusCode::OK, &health(gw), request_id));
+    match path {
+        HEALTH_PATH | READY_PATH => {
+            let report = health(gw);
+            let status = match report["status"].as_str() {
+                Some("unhealthy") => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::OK,
+            };
+            let body = if path == READY_PATH {
+                json!({"status": report["status"]})
+            } else {
+                report
+            };
+            return Some(json_response(status, &body, request_id));
+        }
+        LIVE_PATH => {
+            let body = json!({"status": "alive", "uptime_s": gw.uptime_secs()});
+            return Some(json_response(StatusCode::OK, &body, request_id));
+        }
+        CONFIG_PATH => {
+            let result = match req.method() {
+                &Method::GET => authorize(gw, req).map(|()| effective_config(gw)),
+                _ => Err(ProxyError::MethodNotAllowed),
+            };
+            return Some(match result {
+                Ok(v) => json_response(StatusCode::OK, &v, request_id),
+                Err(e) => error_response(&e, request_id_str(request_id)),
+            });
+        }
+        _ => {}
     }
     if path == PURGE_PATH {
         let result = match req.method() {
@@ -194,35 +226,77 @@ fn entry_path(entry: &[u8]) -> Option<String> {
     head["path"].as_str().map(str::to_string)
 }
 
-/// `degraded` (still 200: the gateway serves, under each plugin's fail policy) while the state
-/// store is down, with the reason under `checks.state`.
+/// The running configuration as JSON, every secret redacted: `Secret` values serialize as
+/// `[redacted]` (API keys and their hashes, the token salt and hashes, the JWT secret, the
+/// Redis URL and password, the admin and metrics tokens, the signing secret, injected header
+/// values), and the inline JWKS is left out too.
+fn effective_config(gw: &Gateway) -> Value {
+    let snap = gw.snapshot();
+    let mut v = serde_json::to_value(&*snap.config).unwrap_or_default();
+    if !v["auth"]["jwt_jwks"].is_null() {
+        v["auth"]["jwt_jwks"] = json!("[redacted]");
+    }
+    v
+}
+
+/// `unhealthy` (503) when some upstream has no healthy target left — its requests would fail;
+/// `degraded` (200: the gateway serves, under each plugin's fail policy) while the state store
+/// is down, a target is ejected or a plugin failed; `healthy` otherwise.
 fn health(gw: &Gateway) -> Value {
     let services = gw.services();
     let store = services.store.health();
     let workers = &services.workers;
-    let status = if store.is_up() { "healthy" } else { "degraded" };
+    let snap = gw.snapshot();
+    let mut upstreams = serde_json::Map::new();
+    let (mut any_ejected, mut any_dead) = (false, false);
+    for (name, u) in &snap.upstreams {
+        let mut report = u.health_report();
+        let healthy = report["healthy"].as_u64().unwrap_or(0);
+        let total = report["total"].as_u64().unwrap_or(0);
+        any_ejected |= healthy < total;
+        any_dead |= healthy == 0;
+        // No credential is asked here: counts only, no internal addresses.
+        report.as_object_mut().map(|o| o.remove("targets"));
+        upstreams.insert(name.clone(), report);
+    }
+    let plugins = match gw.plugins() {
+        Some(rt) => {
+            let chain = rt.chain();
+            let failed: Vec<&str> = chain
+                .plugins
+                .iter()
+                .filter(|p| p.state() == wasmgate_plugin_host::PluginState::Failed)
+                .map(|p| p.name.as_str())
+                .collect();
+            json!({
+                "enabled": true,
+                "active": chain.plugins.iter().filter(|p| p.state() == wasmgate_plugin_host::PluginState::Active).count(),
+                "failed": failed,
+                "refused": chain.refused.len(),
+            })
+        }
+        None => json!({"enabled": false}),
+    };
+    let plugin_failed = plugins["failed"].as_array().is_some_and(|f| !f.is_empty());
+    let status = if any_dead {
+        "unhealthy"
+    } else if !store.is_up() || any_ejected || plugin_failed {
+        "degraded"
+    } else {
+        "healthy"
+    };
     let mut state = serde_json::to_value(&store).unwrap_or_default();
     if !store.is_up() {
         state["impact"] = json!("plugins get `unavailable` from kv calls and apply their fail policy (rate limits fail open, caches bypass)");
     }
-    let snap = gw.snapshot();
-    let upstreams: serde_json::Map<String, Value> = snap
-        .upstreams
-        .iter()
-        .map(|(name, u)| {
-            let mut report = u.health_report();
-            // No credential is asked here: counts only, no internal addresses.
-            report.as_object_mut().map(|o| o.remove("targets"));
-            (name.clone(), report)
-        })
-        .collect();
     json!({
         "status": status,
         "version": VERSION,
         "uptime_s": gw.uptime_secs(),
         "checks": {
+            "redis": state,
             "upstreams": upstreams,
-            "state": state,
+            "plugins": plugins,
             "workers": {
                 "active": workers.active().len(),
                 "last_refresh_error": workers.last_error(),

@@ -1,0 +1,131 @@
+//! Health probes and the effective configuration through the real gateway (docs/api.md).
+mod common;
+
+use common::{client, expect_error};
+use wasmgate_config::Secret;
+use wasmgate_testkit::{gateway, upstream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_healthy_degraded_or_unhealthy_with_probes_for_kubernetes() {
+    let (a, a_health) = upstream().health_switch("/health");
+    let a = a.spawn().await;
+    let (b, b_health) = upstream().health_switch("/health");
+    let b = b.spawn().await;
+    let gw = gateway()
+        .route("/", "default", &[a.url(), b.url()])
+        .config(|c| {
+            let u = c.upstreams.get_mut("default").unwrap();
+            u.health_check.path = Some("/health".into());
+            u.health_check.interval_ms = Some(50);
+            u.health_check.unhealthy_threshold = 1;
+        })
+        .spawn()
+        .await;
+    let c = client();
+    let get = |path: &'static str| {
+        let c = c.clone();
+        let url = gw.url(path);
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (code, h) = get("/gateway/health").await;
+    assert_eq!((code, h["status"].as_str()), (200, Some("healthy")), "{h}");
+    assert_eq!(h["checks"]["redis"]["backend"], "memory");
+    assert_eq!(h["checks"]["upstreams"]["default"]["total"], 2);
+    assert!(h["version"].is_string() && h["uptime_s"].is_u64());
+    assert!(
+        !h.to_string().contains(&a.addr().to_string()),
+        "no target address on an endpoint without a credential"
+    );
+
+    use std::sync::atomic::Ordering::SeqCst;
+    a_health.store(false, SeqCst);
+    common::eventually("degraded", async || {
+        get("/gateway/health").await.1["status"] == "degraded"
+    })
+    .await;
+    assert_eq!(
+        get("/gateway/health/ready").await.0,
+        200,
+        "degraded still serves"
+    );
+
+    b_health.store(false, SeqCst);
+    common::eventually("unhealthy", async || get("/gateway/health").await.0 == 503).await;
+    let (code, ready) = get("/gateway/health/ready").await;
+    assert_eq!((code, ready["status"].as_str()), (503, Some("unhealthy")));
+    let (code, live) = get("/gateway/health/live").await;
+    assert_eq!(
+        (code, live["status"].as_str()),
+        (200, Some("alive")),
+        "alive while unhealthy"
+    );
+
+    a_health.store(true, SeqCst);
+    common::eventually("healthy again", async || {
+        get("/gateway/health/ready").await.0 == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_effective_configuration_needs_the_admin_token_and_shows_no_secret() {
+    let up = upstream().spawn().await;
+    let secrets = [
+        "admin-token-value",
+        "api-key-value",
+        "salt-value",
+        "jwt-secret-value",
+        "signing-secret-value",
+        "injected-header-value",
+        "redis-password-value",
+    ];
+    let gw = gateway()
+        .upstream(&up)
+        .config(|c| {
+            c.admin.token = Some(Secret::new(secrets[0]));
+            c.auth.enabled = true;
+            c.auth.api_keys = vec![Secret::new(secrets[1])];
+            c.auth.token_salt = Some(Secret::new(secrets[2]));
+            c.auth.jwt_secret = Some(Secret::new(secrets[3]));
+            c.request_signing.secret = Some(Secret::new(secrets[4]));
+            c.upstreams
+                .get_mut("default")
+                .unwrap()
+                .inject_headers
+                .insert("authorization".into(), Secret::new(secrets[5]));
+            c.redis.password = Some(Secret::new(secrets[6]));
+        })
+        .spawn()
+        .await;
+    let c = client();
+    let r = c.get(gw.url("/gateway/config")).send().await.unwrap();
+    expect_error(r, 401, "unauthorized").await;
+    let r = c
+        .get(gw.url("/gateway/config"))
+        .bearer_auth(secrets[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for s in secrets {
+        assert!(!text.contains(s), "`{s}` leaked: {text}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["auth"]["api_keys"][0], "[redacted]");
+    assert_eq!(v["request_signing"]["secret"], "[redacted]");
+    assert_eq!(v["upstreams"]["default"]["targets"][0], up.url());
+
+    // Without an admin token configured: 403, saying how to set one.
+    let open = gateway().upstream(&up).spawn().await;
+    let r = c.get(open.url("/gateway/config")).send().await.unwrap();
+    let body = expect_error(r, 403, "forbidden").await;
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("GATEWAY_ADMIN_TOKEN"));
+}
