@@ -129,3 +129,90 @@ async fn the_effective_configuration_needs_the_admin_token_and_shows_no_secret()
         .unwrap()
         .contains("GATEWAY_ADMIN_TOKEN"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_upstreams_and_plugins_with_bounded_labels() {
+    let up = upstream().spawn().await;
+    let dead = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        drop(l);
+        format!("http://{a}")
+    };
+    let gw = gateway()
+        .route("/dead", "dead", std::slice::from_ref(&dead))
+        .route("/", "default", &[up.url()])
+        .config(|c| {
+            c.routes[0].name = Some("dead".into());
+            c.routes[1].name = Some("api".into());
+            c.cache.enabled = true;
+            c.cache.paths = vec!["/v1".into()];
+            c.auth.enabled = true;
+            c.auth.api_keys = vec![Secret::new("metrics-test-key")];
+            c.metrics.token = Some(Secret::new("scrape-token"));
+        })
+        .spawn()
+        .await;
+    let c = client();
+    for i in 0..3 {
+        let r = c
+            .get(gw.url(&format!("/v1/models/{i}")))
+            .header("x-api-key", "metrics-test-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = c.get(gw.url("/v1/models/0")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(gw.url("/dead/x"))
+        .header("x-api-key", "metrics-test-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+
+    let r = c.get(gw.url("/gateway/metrics")).send().await.unwrap();
+    expect_error(r, 401, "unauthorized").await;
+    let r = c
+        .get(gw.url("/gateway/metrics"))
+        .bearer_auth("scrape-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let has = |needle: &str| {
+        assert!(
+            text.lines().any(|l| l.starts_with(needle) || l == needle),
+            "no `{needle}` in:\n{text}"
+        )
+    };
+    has(r#"wasmgate_http_requests_total{route="api",method="GET",status="200"} 3"#);
+    has(r#"wasmgate_http_requests_total{route="api",method="GET",status="401"} 1"#);
+    has(r#"wasmgate_http_requests_total{route="dead",method="GET",status="502"} 1"#);
+    has(r#"wasmgate_http_request_duration_seconds_count{route="api"} 4"#);
+    has("wasmgate_http_requests_in_flight 1");
+    let up_target = up.url()[7..].to_string();
+    has(&format!(
+        r#"wasmgate_upstream_request_duration_seconds_count{{upstream="default",target="{up_target}"}} 3"#
+    ));
+    has(&format!(
+        r#"wasmgate_upstream_errors_total{{upstream="dead",target="{}",kind="connect"}} 1"#,
+        &dead[7..]
+    ));
+    has(&format!(
+        r#"wasmgate_upstream_target_healthy{{upstream="default",target="{up_target}"}} 1"#
+    ));
+    has(r#"wasmgate_plugin_calls_total{plugin="auth"}"#);
+    has(r#"wasmgate_plugin_state{plugin="cache",state="active"} 1"#);
+    has("wasmgate_plugin_cache_misses_total 3");
+    has(r#"wasmgate_state_up{backend="memory"} 1"#);
+    has("wasmgate_workers_active 0");
+    has("wasmgate_build_info{version=");
+    assert!(text.trim_end().ends_with("# EOF"));
+    // Bounded labels: no raw path, no credential.
+    assert!(!text.contains("/v1/models"), "{text}");
+    assert!(!text.contains("metrics-test-key") && !text.contains("scrape-token"));
+}

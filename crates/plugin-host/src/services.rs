@@ -54,6 +54,26 @@ impl PluginMetrics {
             e.1 += value;
         }
     }
+    /// Every counter: `(plugin, name, value)`, sorted.
+    pub fn counters(&self) -> Vec<(String, String, u64)> {
+        let c = self.counters.lock().unwrap();
+        let mut out: Vec<_> = c
+            .iter()
+            .flat_map(|(p, m)| m.iter().map(move |(n, v)| (p.clone(), n.clone(), *v)))
+            .collect();
+        out.sort();
+        out
+    }
+    /// Every histogram: `(plugin, name, count, sum)`, sorted.
+    pub fn histograms(&self) -> Vec<(String, String, u64, f64)> {
+        let h = self.histograms.lock().unwrap();
+        let mut out: Vec<_> = h
+            .iter()
+            .flat_map(|(p, m)| m.iter().map(move |(n, v)| (p.clone(), n.clone(), v.0, v.1)))
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
     /// A counter's value.
     pub fn counter(&self, plugin: &str, name: &str) -> u64 {
         self.counters

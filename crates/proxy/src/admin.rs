@@ -64,6 +64,24 @@ pub(crate) async fn local<B>(
         }
         _ => {}
     }
+    let snap = gw.snapshot();
+    let m = &snap.config.metrics;
+    if m.enabled && path == m.path {
+        return Some(match metrics_endpoint(gw, req, m.token.as_ref()) {
+            Ok(text) => {
+                let mut resp = Response::new(full(Bytes::from(text)));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+                resp
+            }
+            Err(e) => error_response(&e, request_id_str(request_id)),
+        });
+    }
     if path == PURGE_PATH {
         let result = match req.method() {
             &Method::POST => match authorize(gw, req) {
@@ -305,6 +323,37 @@ fn health(gw: &Gateway) -> Value {
     })
 }
 
+/// The exposition text, when the scraper sends the metrics token (if one is configured).
+fn metrics_endpoint<B>(
+    gw: &Gateway,
+    req: &Request<B>,
+    token: Option<&wasmgate_config::Secret>,
+) -> Result<String, ProxyError> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        if !bearer_matches(req, token.expose()) {
+            return Err(ProxyError::Unauthorized(
+                "a valid metrics token is required".into(),
+            ));
+        }
+    }
+    Ok(crate::metrics::render(gw, &gw.inner.metrics))
+}
+
+/// Whether the request's `Authorization: Bearer` is `expected`, compared in constant time.
+fn bearer_matches<B>(req: &Request<B>, expected: &str) -> bool {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = expected.as_bytes();
+    given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected))
+}
+
 /// Checks the admin bearer token in constant time.
 pub(crate) fn authorize<B>(gw: &Gateway, req: &Request<B>) -> Result<(), ProxyError> {
     let snap = gw.snapshot();
@@ -313,15 +362,7 @@ pub(crate) fn authorize<B>(gw: &Gateway, req: &Request<B>) -> Result<(), ProxyEr
             "admin endpoints are off: set GATEWAY_ADMIN_TOKEN (or admin.token) and send it as `Authorization: Bearer <token>`".into(),
         ));
     };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let expected = token.expose().as_bytes();
-    let ok = given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected));
-    if ok {
+    if bearer_matches(req, token.expose()) {
         Ok(())
     } else {
         Err(ProxyError::Unauthorized(

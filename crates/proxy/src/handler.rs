@@ -51,23 +51,40 @@ where
     B::Error: Into<BoxError>,
 {
     let request_id = headers::request_id(req.headers());
-    match proxy(gw, req, conn, &request_id).await {
+    let metrics = &gw.inner.metrics;
+    let started = Instant::now();
+    let _in_flight = metrics.start();
+    let method = req.method().clone();
+    let mut route: Option<Arc<str>> = None;
+    let resp = match proxy(gw, req, conn, &request_id, &mut route).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e, headers::request_id_str(&request_id)),
-    }
+    };
+    metrics.answered(
+        route.as_deref(),
+        &method,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
 }
+
+static GATEWAY_ROUTE: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("gateway"));
 
 async fn proxy<B>(
     gw: &Gateway,
     req: Request<B>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
+    route_label: &mut Option<Arc<str>>,
 ) -> Result<Response<ProxyBody>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     if let Some(resp) = crate::admin::local(gw, &req, request_id).await {
+        *route_label = Some(GATEWAY_ROUTE.clone());
         return Ok(resp);
     }
     let global_permit = match &gw.inner.in_flight {
@@ -95,9 +112,11 @@ where
     let path = req.uri().path();
     let workers_path = snap.config.workers.endpoint.as_str();
     if !workers_path.is_empty() && path == workers_path {
+        *route_label = Some(WORKERS_ROUTE_NAME.clone());
         return workers_endpoint(gw, &snap, req, conn, request_id, global_permit).await;
     }
     let (route, upstream) = snap.route(path).ok_or(ProxyError::RouteNotFound)?;
+    *route_label = Some(route.name.clone());
     let upstream_permit = match &upstream.limit {
         Some(limit) => Some(
             limit
@@ -259,6 +278,7 @@ where
         }
         let (this_body, resend) = body.take().expect("a body per attempt").split();
         let guard = upstream.track(i);
+        let attempt_started = Instant::now();
         let sent = tokio::time::timeout_at(
             deadline,
             upstream
@@ -269,14 +289,23 @@ where
         let e = match sent {
             Ok(Ok(resp)) => {
                 upstream.record(i, true, "request");
+                let took = attempt_started.elapsed();
+                gw.inner
+                    .metrics
+                    .upstream_ok(&upstream.name, target.authority.as_str(), took);
                 break (resp, guard);
             }
             Err(_elapsed) => {
+                gw.inner.metrics.upstream_error(
+                    &upstream.name,
+                    target.authority.as_str(),
+                    "timeout",
+                );
                 return Err(ProxyError::UpstreamTimeout {
                     upstream: upstream.name.clone(),
                     target: target.authority.to_string(),
                     timeout_ms: upstream.request_timeout_ms,
-                })
+                });
             }
             Ok(Err(e)) => e,
         };
@@ -284,6 +313,10 @@ where
         if e.is_connect() {
             upstream.record(i, false, "request");
         }
+        let kind = if e.is_connect() { "connect" } else { "error" };
+        gw.inner
+            .metrics
+            .upstream_error(&upstream.name, target.authority.as_str(), kind);
         // A body plugin may have stopped the request: its answer wins over the upstream error.
         if let Some(v) = verdict.as_ref().and_then(|v| v.lock().unwrap().take()) {
             return match (v, session) {
@@ -310,6 +343,7 @@ where
                 return Err(upstream_error(upstream, target, &e));
             }
             tokio::time::sleep(backoff).await;
+            gw.inner.metrics.retried(&upstream.name);
             body = unsent;
             continue;
         }

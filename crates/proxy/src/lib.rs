@@ -15,6 +15,7 @@ mod forwarded;
 pub mod handler;
 pub mod headers;
 pub mod limit;
+pub mod metrics;
 mod plugin_body;
 mod plugins;
 mod routes;

@@ -128,6 +128,7 @@ pub(crate) struct GatewayInner {
     pub services: Arc<wasmgate_plugin_host::HostServices>,
     pub in_flight: Option<Arc<InFlightLimit>>,
     pub started: Instant,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The gateway: the current snapshot plus process-wide state. Cheap to clone.
@@ -177,6 +178,7 @@ impl Gateway {
                 services,
                 in_flight: (max > 0).then(|| InFlightLimit::new(max)),
                 started: Instant::now(),
+                metrics: Arc::new(crate::metrics::Metrics::new()),
             }),
         })
     }
