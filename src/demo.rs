@@ -106,7 +106,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         let config = config(&args, &targets);
         wasmgate_config::validate(&config, &wasmgate_config::ConfigSource::Environment)?;
-        crate::init_logging(&config.log);
+        let _log_guard = crate::init_logging(&config.log);
         let services =
             wasmgate_plugin_host::HostServices::from_state(&state, &config.redis.key_prefix);
         let plugins = wasmgate_plugin_host::folder::start_gateway_plugins(

@@ -169,7 +169,9 @@ fn inspect(file: &std::path::Path, config: &str, json: bool) -> ExitCode {
     }
 }
 
-fn init_logging(cfg: &wasmgate_config::LogConfig) {
+/// Installs the log subscriber. Lines go to stdout through a background writer (the request
+/// path never waits on a write); the returned guard flushes what is queued when dropped.
+fn init_logging(cfg: &wasmgate_config::LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|e| {
         eprintln!(
@@ -178,18 +180,32 @@ fn init_logging(cfg: &wasmgate_config::LogConfig) {
         );
         EnvFilter::new("info")
     });
+    // Lossless: under a burst the queue grows rather than dropping lines. The writer thread
+    // writes each batch it drains in one go (buffered, flushed when the queue is empty), not
+    // a write per line.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
+    wasmgate_proxy::access::set_sink(
+        cfg.format == wasmgate_config::LogFormat::Json,
+        wasmgate_proxy::access::writer_sink(writer.clone()),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match cfg.format {
         wasmgate_config::LogFormat::Json => builder.json().flatten_event(true).init(),
         wasmgate_config::LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 fn run(loader: ConfigLoader, config: wasmgate_config::Config) -> anyhow::Result<()> {
-    init_logging(&config.log);
+    let _log_guard = init_logging(&config.log);
     for name in loader.unknown_env_names() {
         tracing::warn!(variable = %name, "environment variable looks like an ACIP setting but is not read (misspelt?)");
     }

@@ -362,3 +362,90 @@ async fn the_demo_serves_what_its_guide_promises() {
     assert!(codes.contains(&429), "{codes:?}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_logs_name_every_request_and_never_a_credential() {
+    let up = upstream().spawn().await;
+    let dir = tempdir("logs");
+    let secrets = [
+        "api-key-7f3a9c",
+        "salt-51bd2e",
+        "jwt-secret-90ac4f",
+        "signing-secret-2c8e1d",
+        "admin-token-6b4f0a",
+        "worker-token-e1d93b",
+        "session-cookie-77aa01",
+        "bearer-guess-3c5d7e",
+    ];
+    let env = format!(
+        "FASTAPI_URL={}\nGATEWAY_HOST=127.0.0.1\nGATEWAY_PORT=0\nLOG_FORMAT=json\nLOG_LEVEL=\"debug,cranelift_codegen=info,wasmtime=info\"\n\
+         AUTH_API_KEYS={}\nAUTH_TOKEN_SALT={}\nJWT_SECRET={}\nREQUEST_SIGNING_SECRET={}\n\
+         GATEWAY_ADMIN_TOKEN={}\nCACHE_ENABLED=false\n",
+        up.url(),
+        secrets[0],
+        secrets[1],
+        secrets[2],
+        secrets[3],
+        secrets[4]
+    );
+    std::fs::write(dir.join(".env"), env).unwrap();
+    let gw = GatewayProcess::spawn(wasmgate_command(&dir));
+    let c = client();
+    let ok = c
+        .get(gw.url("/v1/models?api_key=query-secret-1"))
+        .header("x-api-key", secrets[0])
+        .header("cookie", format!("session={}", secrets[6]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let rid = ok.headers()["x-request-id"].to_str().unwrap().to_string();
+    let refused = c
+        .get(gw.url("/v1/models"))
+        .header("authorization", format!("Bearer {}", secrets[7]))
+        .header("x-worker-token", secrets[5])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let config = c
+        .get(gw.url("/gateway/config"))
+        .bearer_auth(secrets[4])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(config.status(), 200);
+    assert!(
+        gw.wait_log(&rid, Duration::from_secs(5)).await,
+        "{}",
+        gw.log()
+    );
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&rid) && l.contains("\"status\":200"))
+        .unwrap_or_else(|| panic!("no access line for {rid}:\n{log}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["target"], "wasmgate::access");
+    assert_eq!(v["path"], "/v1/models");
+    assert_eq!(v["route"], "default");
+    assert_eq!(v["upstream"], "fastapi");
+    assert_eq!(v["upstream_target"], up.url()[7..]);
+    assert_eq!(v["attempts"], 1);
+    assert!(v["trace_id"].as_str().unwrap().len() == 32);
+    assert!(v["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        gw.wait_log("\"status\":401", Duration::from_secs(5)).await,
+        "the refused request is logged too"
+    );
+    // Everything written by now, the admin request's line included.
+    assert!(
+        gw.wait_log("\"route\":\"gateway\"", Duration::from_secs(5))
+            .await
+    );
+    let log = gw.log();
+    for s in secrets.iter().chain(&["query-secret-1"]) {
+        assert!(!log.contains(s), "`{s}` reached the log:\n{log}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -69,9 +69,15 @@ impl GatewayProcess {
                     .map_while(Result::ok)
                 {
                     if line.contains("wasmgate listening") {
+                        // Text (`address=…`) or JSON (`"address":"…"`) logs.
+                        let json = line
+                            .split("\"address\":\"")
+                            .nth(1)
+                            .and_then(|rest| rest.split('"').next());
                         if let Some(addr) = line
                             .split_whitespace()
                             .find_map(|w| w.strip_prefix("address="))
+                            .or(json)
                             .and_then(|a| a.parse().ok())
                         {
                             let _ = tx.send(addr);

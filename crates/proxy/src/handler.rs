@@ -51,22 +51,83 @@ where
     B::Error: Into<BoxError>,
 {
     let request_id = headers::request_id(req.headers());
-    let metrics = &gw.inner.metrics;
     let started = Instant::now();
-    let _in_flight = metrics.start();
+    let _in_flight = gw.inner.metrics.start();
     let method = req.method().clone();
-    let mut route: Option<Arc<str>> = None;
-    let resp = match proxy(gw, req, conn, &request_id, &mut route).await {
+    let logging = gw.inner.access_log.load(Ordering::Relaxed);
+    let path = logging.then(|| req.uri().path().to_owned());
+    let mut info = AccessInfo::default();
+    let mut error_code = None;
+    let resp = match proxy(gw, req, conn, &request_id, &mut info).await {
         Ok(resp) => resp,
-        Err(e) => error_response(&e, headers::request_id_str(&request_id)),
+        Err(e) => {
+            error_code = Some(e.code());
+            error_response(&e, headers::request_id_str(&request_id))
+        }
     };
-    metrics.answered(
-        route.as_deref(),
-        &method,
-        resp.status().as_u16(),
-        started.elapsed(),
-    );
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    if let Some(m) = gw.metrics() {
+        m.answered(info.route.as_deref(), &method, status, took);
+    }
+    if let Some(path) = path {
+        access_log(
+            &info,
+            &request_id,
+            &method,
+            &path,
+            conn,
+            status,
+            took,
+            error_code,
+        );
+    }
     resp
+}
+
+/// What the access log says about a request, filled in as it goes.
+#[derive(Default)]
+pub(crate) struct AccessInfo {
+    route: Option<Arc<str>>,
+    upstream: Option<String>,
+    target: Option<http::uri::Authority>,
+    attempts: u32,
+    upstream_time: Option<std::time::Duration>,
+    plugin_time: Option<std::time::Duration>,
+    answered_by_plugin: bool,
+    trace_id: Option<u128>,
+}
+
+/// One access line per request, at the response head (crate::access).
+#[allow(clippy::too_many_arguments)]
+fn access_log(
+    info: &AccessInfo,
+    request_id: &HeaderValue,
+    method: &http::Method,
+    path: &str,
+    conn: &ConnInfo,
+    status: u16,
+    took: std::time::Duration,
+    error: Option<&'static str>,
+) {
+    crate::access::Line {
+        request_id: headers::request_id_str(request_id),
+        trace_id: info.trace_id,
+        client: conn.peer.ip(),
+        method: method.as_str(),
+        path,
+        route: info.route.as_deref().unwrap_or(""),
+        status,
+        duration: took,
+        upstream: info.upstream.as_deref().unwrap_or(""),
+        upstream_target: info.target.as_ref().map(|t| t.as_str()).unwrap_or(""),
+        attempts: info.attempts,
+        upstream_time: info.upstream_time,
+        plugin_time: info.plugin_time,
+        answered_by_plugin: info.answered_by_plugin,
+        error: error.unwrap_or(""),
+    }
+    .emit();
 }
 
 static GATEWAY_ROUTE: std::sync::LazyLock<Arc<str>> =
@@ -77,14 +138,14 @@ async fn proxy<B>(
     req: Request<B>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
-    route_label: &mut Option<Arc<str>>,
+    info: &mut AccessInfo,
 ) -> Result<Response<ProxyBody>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     if let Some(resp) = crate::admin::local(gw, &req, request_id).await {
-        *route_label = Some(GATEWAY_ROUTE.clone());
+        info.route = Some(GATEWAY_ROUTE.clone());
         return Ok(resp);
     }
     let global_permit = match &gw.inner.in_flight {
@@ -112,11 +173,12 @@ where
     let path = req.uri().path();
     let workers_path = snap.config.workers.endpoint.as_str();
     if !workers_path.is_empty() && path == workers_path {
-        *route_label = Some(WORKERS_ROUTE_NAME.clone());
+        info.route = Some(WORKERS_ROUTE_NAME.clone());
         return workers_endpoint(gw, &snap, req, conn, request_id, global_permit).await;
     }
     let (route, upstream) = snap.route(path).ok_or(ProxyError::RouteNotFound)?;
-    *route_label = Some(route.name.clone());
+    info.route = Some(route.name.clone());
+    info.upstream = Some(upstream.name.clone());
     let upstream_permit = match &upstream.limit {
         Some(limit) => Some(
             limit
@@ -139,7 +201,8 @@ where
     }
 
     // Plugins see the cleaned request; what they answer or hint decides what happens next.
-    let (mut session, mut hint) = match request_phase(
+    let plugins_started = Instant::now();
+    let phase = request_phase(
         gw,
         &snap,
         conn,
@@ -148,9 +211,13 @@ where
         Some(upstream),
         request_id,
     )
-    .await?
-    {
+    .await;
+    if gw.plugins().is_some() {
+        info.plugin_time = Some(plugins_started.elapsed());
+    }
+    let (mut session, mut hint) = match phase? {
         RequestPhase::Answered(s, local) => {
+            info.answered_by_plugin = true;
             let permits = (global_permit, upstream_permit);
             return local_answer(Some(Session::Owned(s)), local, request_id, permits).await;
         }
@@ -211,6 +278,7 @@ where
     h.insert(X_REQUEST_ID, request_id.clone());
     let trace = TraceParent::continue_or_start(h.get(&TRACEPARENT).and_then(|v| v.to_str().ok()));
     h.insert(TRACEPARENT, trace.header_value());
+    info.trace_id = Some(trace.trace_id);
     let client_uri = std::mem::take(&mut parts.uri);
     let upstream_path = route.upstream_path(client_uri.path());
     let query = client_uri.query();
@@ -253,6 +321,8 @@ where
         // Retries stop before every target was tried, so a target is always left.
         let i = upstream.choose(hint.as_deref(), &tried).unwrap_or(0);
         let target = &upstream.targets[i];
+        info.target = Some(target.authority.clone());
+        info.attempts += 1;
         let mut parts = match head.take() {
             Some(p) => p,
             None => {
@@ -290,17 +360,16 @@ where
             Ok(Ok(resp)) => {
                 upstream.record(i, true, "request");
                 let took = attempt_started.elapsed();
-                gw.inner
-                    .metrics
-                    .upstream_ok(&upstream.name, target.authority.as_str(), took);
+                info.upstream_time = Some(took);
+                if let Some(m) = gw.metrics() {
+                    m.upstream_ok(&upstream.name, target.authority.as_str(), took);
+                }
                 break (resp, guard);
             }
             Err(_elapsed) => {
-                gw.inner.metrics.upstream_error(
-                    &upstream.name,
-                    target.authority.as_str(),
-                    "timeout",
-                );
+                if let Some(m) = gw.metrics() {
+                    m.upstream_error(&upstream.name, target.authority.as_str(), "timeout");
+                }
                 return Err(ProxyError::UpstreamTimeout {
                     upstream: upstream.name.clone(),
                     target: target.authority.to_string(),
@@ -314,9 +383,9 @@ where
             upstream.record(i, false, "request");
         }
         let kind = if e.is_connect() { "connect" } else { "error" };
-        gw.inner
-            .metrics
-            .upstream_error(&upstream.name, target.authority.as_str(), kind);
+        if let Some(m) = gw.metrics() {
+            m.upstream_error(&upstream.name, target.authority.as_str(), kind);
+        }
         // A body plugin may have stopped the request: its answer wins over the upstream error.
         if let Some(v) = verdict.as_ref().and_then(|v| v.lock().unwrap().take()) {
             return match (v, session) {
@@ -343,7 +412,9 @@ where
                 return Err(upstream_error(upstream, target, &e));
             }
             tokio::time::sleep(backoff).await;
-            gw.inner.metrics.retried(&upstream.name);
+            if let Some(m) = gw.metrics() {
+                m.retried(&upstream.name);
+            }
             body = unsent;
             continue;
         }

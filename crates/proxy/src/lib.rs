@@ -8,6 +8,7 @@
 //! streaming both ways. Every error a client sees is made by [`error::error_response`].
 #![deny(missing_docs)]
 
+pub mod access;
 mod admin;
 pub mod body;
 pub mod error;
