@@ -257,22 +257,23 @@ fn effective_config(gw: &Gateway) -> Value {
     v
 }
 
-/// `unhealthy` (503) when some upstream has no healthy target left — its requests would fail;
+/// `unhealthy` (503) when no upstream has a healthy target left — nothing can be served;
 /// `degraded` (200: the gateway serves, under each plugin's fail policy) while the state store
-/// is down, a target is ejected or a plugin failed; `healthy` otherwise.
+/// is down, a target is ejected (an upstream may have none left) or a plugin failed; `healthy`
+/// otherwise.
 fn health(gw: &Gateway) -> Value {
     let services = gw.services();
     let store = services.store.health();
     let workers = &services.workers;
     let snap = gw.snapshot();
     let mut upstreams = serde_json::Map::new();
-    let (mut any_ejected, mut any_dead) = (false, false);
+    let (mut any_ejected, mut all_dead) = (false, !snap.upstreams.is_empty());
     for (name, u) in &snap.upstreams {
         let mut report = u.health_report();
         let healthy = report["healthy"].as_u64().unwrap_or(0);
         let total = report["total"].as_u64().unwrap_or(0);
         any_ejected |= healthy < total;
-        any_dead |= healthy == 0;
+        all_dead &= healthy == 0;
         // No credential is asked here: counts only, no internal addresses.
         report.as_object_mut().map(|o| o.remove("targets"));
         upstreams.insert(name.clone(), report);
@@ -296,7 +297,7 @@ fn health(gw: &Gateway) -> Value {
         None => json!({"enabled": false}),
     };
     let plugin_failed = plugins["failed"].as_array().is_some_and(|f| !f.is_empty());
-    let status = if any_dead {
+    let status = if all_dead {
         "unhealthy"
     } else if !store.is_up() || any_ejected || plugin_failed {
         "degraded"

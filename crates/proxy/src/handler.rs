@@ -310,7 +310,8 @@ where
 
     // Attempts: the first target, then (on a failure before any response) untried ones. A
     // retry needs the request head again (kept only when retries are on) and the body unsent.
-    let retry_head = (upstream.retries > 0).then(|| (parts.method.clone(), parts.headers.clone()));
+    let retry_head = (upstream.retries > 0 && upstream.targets.len() > 1)
+        .then(|| (parts.method.clone(), parts.headers.clone()));
     let idempotent = parts.method.is_idempotent();
     let mut body = Some(UnsentBody::wrap(body, retry_head.is_some()));
     let mut head = Some(parts);
