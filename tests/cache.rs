@@ -290,3 +290,51 @@ async fn purge_without_an_admin_token_configured_is_forbidden() {
         .unwrap()
         .contains("GATEWAY_ADMIN_TOKEN"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_completion_is_not_passed_through_the_cache_chunk_by_chunk() {
+    let events: Vec<String> = (0..20).map(|i| format!("{{\"token\":{i}}}")).collect();
+    let events: Vec<&str> = events.iter().map(String::as_str).collect();
+    let up = upstream()
+        .sse("/v1/chat", &events, std::time::Duration::from_millis(1))
+        .spawn()
+        .await;
+    let gw = gateway().upstream(&up).config(cached).spawn().await;
+    let calls = || async {
+        let list: serde_json::Value = client()
+            .get(gw.url("/gateway/plugins"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "cache")
+            .unwrap()["calls"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = calls().await;
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .body(r#"{"stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cache_header(&r), "(none)");
+    let body = r.text().await.unwrap();
+    assert_eq!(body.matches("data: ").count(), 20, "every event arrives");
+    assert_eq!(
+        calls().await - before,
+        2,
+        "request and response headers only: no call per streamed chunk"
+    );
+
+    // A cacheable GET still has its body stored (and served).
+    assert_eq!(verdict(gw.url("/v1/models"), &[]).await.0, "MISS");
+    assert_eq!(verdict(gw.url("/v1/models"), &[]).await.0, "HIT");
+}

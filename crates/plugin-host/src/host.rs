@@ -46,6 +46,8 @@ pub struct RequestState {
     pub queued_response_headers: Vec<(HeaderName, HeaderValue)>,
     /// The route's upstream, for the `upstream` import (router plugins).
     pub upstream: Option<Arc<dyn UpstreamView>>,
+    /// Set by `skip-response-body` during a call; the session moves it to the plugin's slot.
+    pub skip_response_body: bool,
 }
 
 /// What the `upstream` import reports of a route's upstream: implemented by the proxy's
@@ -321,6 +323,9 @@ impl request::Host for HostState {
     }
     fn set_response_header(&mut self, name: String, value: String) {
         set(&mut self.req.response_headers, &name, &value);
+    }
+    fn skip_response_body(&mut self) {
+        self.req.skip_response_body = true;
     }
     fn add_response_header(&mut self, name: String, value: String) {
         if let (Some(n), Ok(v)) = (header_name(&name), HeaderValue::from_str(&value)) {

@@ -39,6 +39,8 @@ struct Slot {
     checkout: Option<Checkout>,
     /// Failed open (or inactive) earlier in this request: skip its later phases.
     skipped: bool,
+    /// The plugin asked not to see this response's body (`skip-response-body`).
+    no_response_body: bool,
 }
 
 /// A request's plugins and the instances it holds.
@@ -90,9 +92,12 @@ impl RequestSession {
         self.wants(|p| p.phases.buffer_request_body)
     }
 
-    /// Whether a plugin implements `on-response-body`.
+    /// Whether a plugin implements `on-response-body` and did not skip it for this request.
     pub fn wants_response_body(&self) -> bool {
-        self.wants(|p| p.phases.response_body)
+        self.plugins
+            .iter()
+            .zip(&self.slots)
+            .any(|(p, s)| p.phases.response_body && !s.skipped && !s.no_response_body)
     }
 
     /// Runs `on-request-headers` through the chain, in order.
@@ -178,7 +183,7 @@ impl RequestSession {
     ) -> Result<Vec<u8>, PluginFailure> {
         let mut chunk = chunk;
         for i in (0..self.plugins.len()).rev() {
-            if !self.plugins[i].phases.response_body {
+            if !self.plugins[i].phases.response_body || self.slots[i].no_response_body {
                 continue;
             }
             let out = self
@@ -230,7 +235,11 @@ impl RequestSession {
             .as_mut()
             .and_then(|c| c.inst.as_mut())
             .expect("ready");
-        match plugin.call_with_state(inst, &mut self.state, export).await {
+        let result = plugin.call_with_state(inst, &mut self.state, export).await;
+        if std::mem::take(&mut self.state.skip_response_body) {
+            slot.no_response_body = true;
+        }
+        match result {
             Ok(v) => Ok(Some(v)),
             Err(failure) => {
                 // The store is unusable after a trap: drop it (a new instance replaces it).

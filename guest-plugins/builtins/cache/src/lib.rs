@@ -275,6 +275,8 @@ impl Plugin for Cache {
         let method = request::method();
         let path = request::path();
         if !self.cacheable(&method, &path) {
+            // A completion stream, an upload's answer: nothing to store, no call per chunk.
+            request::skip_response_body();
             return Action::Continue;
         }
         let key = self.key(&method, &path);
@@ -289,6 +291,9 @@ impl Plugin for Cache {
                 .is_some_and(|cc| directives(&cc).iter().any(|(d, _)| d == "no-store"));
             metrics::counter_add("bypasses", 1);
             request::add_response_header(HEADER, "BYPASS");
+            if no_store {
+                request::skip_response_body();
+            }
             self.state = if no_store {
                 State::Off
             } else {
@@ -345,6 +350,7 @@ impl Plugin for Cache {
         let ttl_ms = match self.storable() {
             Ok(ttl) => ttl,
             Err(_) => {
+                request::skip_response_body();
                 if !bypass {
                     request::set_response_header(HEADER, "BYPASS");
                 }
