@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use wasmgate_config::{Config, RouterStrategy, Secret};
 use wasmgate_testkit::load::{
-    env_knob as env_or, fast_upstream, run_load_with, serve_gateway, single_route_config,
+    fast_upstream, knobs, run_load_with, serve_gateway, single_route_config,
 };
 use wasmgate_testkit::RedisServer;
 
@@ -51,9 +51,7 @@ fn gateway(name: &str, config: Config) -> SocketAddr {
 }
 
 fn main() {
-    let secs = env_or("BENCH_SECONDS", 3);
-    let rounds = env_or("BENCH_ROUNDS", 9) as usize;
-    let conns = env_or("BENCH_CONNECTIONS", 32) as usize;
+    let (secs, rounds, conns) = knobs();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

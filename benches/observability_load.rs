@@ -8,13 +8,11 @@
 use std::time::Duration;
 
 use wasmgate_testkit::load::{
-    env_knob as env_or, fast_upstream, run_load_with, serve_gateway, single_route_config,
+    fast_upstream, knobs, run_load_with, serve_gateway, single_route_config,
 };
 
 fn main() {
-    let secs = env_or("BENCH_SECONDS", 3);
-    let rounds = env_or("BENCH_ROUNDS", 9) as usize;
-    let conns = env_or("BENCH_CONNECTIONS", 32) as usize;
+    let (secs, rounds, conns) = knobs();
     let log_path = std::env::temp_dir().join(format!("wasmgate-bench-{}.log", std::process::id()));
     let file = std::fs::File::create(&log_path).unwrap();
     let (writer, _guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use wasmgate_testkit::load::{
-    env_knob as env_or, fast_upstream, run_load, serve_gateway, single_route_config, LoadResult,
+    fast_upstream, knobs, run_load, serve_gateway, single_route_config, LoadResult,
 };
 
 fn gateway(name: &str, upstream: SocketAddr, plugins: Option<PathBuf>) -> SocketAddr {
@@ -18,9 +18,7 @@ fn gateway(name: &str, upstream: SocketAddr, plugins: Option<PathBuf>) -> Socket
 }
 
 fn main() {
-    let secs = env_or("BENCH_SECONDS", 3);
-    let rounds = env_or("BENCH_ROUNDS", 9) as usize;
-    let conns = env_or("BENCH_CONNECTIONS", 32) as usize;
+    let (secs, rounds, conns) = knobs();
     let dir = std::env::temp_dir().join(format!("wasmgate-bench-plugins-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(

@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use wasmgate_testkit::load::{
-    env_knob as env_or, fast_upstream, minimal_proxy, run_load, serve_gateway, single_route_config,
-    LoadResult,
+    fast_upstream, knobs, minimal_proxy, run_load, serve_gateway, single_route_config, LoadResult,
 };
 
 fn gateway(upstream: SocketAddr) -> SocketAddr {
@@ -24,9 +23,7 @@ fn median(mut v: Vec<LoadResult>) -> LoadResult {
 
 fn main() {
     // `cargo bench` passes --bench; accept and ignore harness flags.
-    let secs = env_or("BENCH_SECONDS", 3);
-    let rounds = env_or("BENCH_ROUNDS", 9) as usize;
-    let conns = env_or("BENCH_CONNECTIONS", 32) as usize;
+    let (secs, rounds, conns) = knobs();
     let duration = Duration::from_secs(secs);
 
     let upstream = fast_upstream(1);

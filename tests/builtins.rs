@@ -90,10 +90,6 @@ async fn per_route_limits_and_fixed_windows_and_live_reconfiguration() {
     let gw = gateway()
         .route("/v1", "llm", &[up.url()])
         .route("/", "jobs", &[up.url()])
-        .config(|c| {
-            c.routes[0].name = Some("llm".into());
-            c.routes[1].name = Some("jobs".into());
-        })
         .config(limited(5))
         .config(|c| {
             c.rate_limit.algorithm = RateLimitAlgorithm::Fixed;

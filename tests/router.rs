@@ -8,23 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{client, eventually, expect_error};
 use fred::interfaces::KeysInterface;
 use wasmgate_config::{Config, RouterStrategy, TargetTags};
-use wasmgate_testkit::{gateway, upstream, RedisServer, TestUpstream};
-
-/// Requests `up` received on paths starting with `prefix` (health checks excluded).
-fn hits(up: &TestUpstream, prefix: &str) -> usize {
-    up.requests()
-        .iter()
-        .filter(|r| r.uri.starts_with(prefix))
-        .count()
-}
-
-/// A URL on which nothing listens.
-async fn closed_port_url() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    format!("http://{addr}")
-}
+use wasmgate_testkit::{free_port, gateway, upstream, RedisServer};
 
 fn tag(c: &mut Config, target: &str, region: Option<&str>, workers: &[&str]) {
     c.upstreams.get_mut("default").unwrap().target_tags.insert(
@@ -44,13 +28,7 @@ async fn health_checks_eject_a_failing_target_and_restore_it() {
     let b = b.spawn().await;
     let gw = gateway()
         .route("/", "default", &[a.url(), b.url()])
-        .config(|c| {
-            let u = c.upstreams.get_mut("default").unwrap();
-            u.health_check.path = Some("/health".into());
-            u.health_check.interval_ms = Some(50);
-            u.health_check.unhealthy_threshold = 1;
-            u.health_check.healthy_threshold = 2;
-        })
+        .config(|c| common::fast_health_checks(c, 2))
         .spawn()
         .await;
     let c = client();
@@ -58,7 +36,11 @@ async fn health_checks_eject_a_failing_target_and_restore_it() {
         let r = c.get(gw.url("/v1/x")).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
-    assert_eq!((hits(&a, "/v1"), hits(&b, "/v1")), (2, 2), "round-robin");
+    assert_eq!(
+        (a.requests_to("/v1"), b.requests_to("/v1")),
+        (2, 2),
+        "round-robin"
+    );
 
     a_health.store(false, Ordering::SeqCst);
     let upstream = gw.gateway().snapshot().upstreams["default"].clone();
@@ -66,13 +48,13 @@ async fn health_checks_eject_a_failing_target_and_restore_it() {
         upstream.health_report()["healthy"] == 1
     })
     .await;
-    let before = hits(&a, "/v1");
+    let before = a.requests_to("/v1");
     for _ in 0..6 {
         let r = c.get(gw.url("/v1/x")).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
     assert_eq!(
-        hits(&a, "/v1"),
+        a.requests_to("/v1"),
         before,
         "no request goes to an ejected target"
     );
@@ -86,14 +68,14 @@ async fn health_checks_eject_a_failing_target_and_restore_it() {
         c.get(gw.url("/v1/x")).send().await.unwrap();
     }
     assert!(
-        hits(&a, "/v1") > before,
+        a.requests_to("/v1") > before,
         "a restored target gets requests again"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_failure_is_retried_on_another_target_with_the_body() {
-    let down = closed_port_url().await;
+    let down = format!("http://127.0.0.1:{}", free_port()); // nothing listens
     let up = upstream().spawn().await;
     let gw = gateway()
         .route("/", "default", &[down.clone(), up.url()])
@@ -228,8 +210,12 @@ async fn least_connections_avoids_the_busy_target() {
         assert_eq!(c.get(gw.url("/fast")).send().await.unwrap().status(), 200);
     }
     let (busy, idle) = if busy_is_a { (&a, &b) } else { (&b, &a) };
-    assert_eq!(hits(busy, "/fast"), 0, "the busy target got no request");
-    assert_eq!(hits(idle, "/fast"), 5);
+    assert_eq!(
+        busy.requests_to("/fast"),
+        0,
+        "the busy target got no request"
+    );
+    assert_eq!(idle.requests_to("/fast"), 5);
     assert_eq!(slow.await.unwrap(), 200);
 }
 
@@ -248,10 +234,7 @@ async fn region_affinity_prefers_the_clients_region_and_falls_back() {
                 .insert("127.0.0.0/8".into(), "eu-west".into());
             tag(c, &eu_url, Some("eu-west"), &[]);
             tag(c, &us_url, Some("us-east"), &[]);
-            let u = c.upstreams.get_mut("default").unwrap();
-            u.health_check.path = Some("/health".into());
-            u.health_check.interval_ms = Some(50);
-            u.health_check.unhealthy_threshold = 1;
+            common::fast_health_checks(c, 1);
         })
         .spawn()
         .await;
@@ -265,12 +248,15 @@ async fn region_affinity_prefers_the_clients_region_and_falls_back() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    assert_eq!((hits(&us, "/v1/us"), hits(&eu, "/v1/us")), (4, 0));
+    assert_eq!((us.requests_to("/v1/us"), eu.requests_to("/v1/us")), (4, 0));
     // No header: the client network table says loopback is eu-west.
     for _ in 0..4 {
         c.get(gw.url("/v1/net")).send().await.unwrap();
     }
-    assert_eq!((hits(&eu, "/v1/net"), hits(&us, "/v1/net")), (4, 0));
+    assert_eq!(
+        (eu.requests_to("/v1/net"), us.requests_to("/v1/net")),
+        (4, 0)
+    );
 
     // The region's only target fails its checks: the other region serves.
     us_health.store(false, Ordering::SeqCst);
@@ -288,7 +274,7 @@ async fn region_affinity_prefers_the_clients_region_and_falls_back() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    assert_eq!(hits(&eu, "/v1/fallback"), 3);
+    assert_eq!(eu.requests_to("/v1/fallback"), 3);
 }
 
 async fn put_worker(redis: &fred::clients::Client, id: &str, queue: u64, util: f64) {
@@ -340,19 +326,23 @@ async fn least_loaded_follows_the_worker_registry() {
     for _ in 0..5 {
         assert_eq!(c.get(gw.url("/v1/one")).send().await.unwrap().status(), 200);
     }
-    assert_eq!((hits(&a, "/v1/one"), hits(&b, "/v1/one")), (0, 5));
+    assert_eq!((a.requests_to("/v1/one"), b.requests_to("/v1/one")), (0, 5));
 
     // The load moves: so do the requests, once the registry refreshes.
     put_worker(&py, "gpu-a", 0, 0.1).await;
     put_worker(&py, "gpu-b", 4, 0.95).await;
     eventually("requests follow the lighter worker", async || {
         c.get(gw.url("/v1/two")).send().await.unwrap();
-        hits(&a, "/v1/two") > 0
+        a.requests_to("/v1/two") > 0
     })
     .await;
-    let before = hits(&b, "/v1/two");
+    let before = b.requests_to("/v1/two");
     for _ in 0..5 {
         c.get(gw.url("/v1/two")).send().await.unwrap();
     }
-    assert_eq!(hits(&b, "/v1/two"), before, "gpu-b is now the busier one");
+    assert_eq!(
+        b.requests_to("/v1/two"),
+        before,
+        "gpu-b is now the busier one"
+    );
 }

@@ -89,10 +89,6 @@ async fn plugins_write_only_under_gateway_and_read_only_what_is_granted() {
     let gw = gateway()
         .route("/probe", "probe", &[up.url()])
         .route("/", "main", &[up.url()])
-        .config(|c| {
-            c.routes[0].name = Some("probe".into());
-            c.routes[1].name = Some("main".into());
-        })
         .redis(&redis.url())
         .plugins_dir(&dir)
         .spawn()

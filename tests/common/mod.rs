@@ -36,6 +36,26 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> V
     v
 }
 
+/// Health checks of `GET /health` every 50 ms on the `default` upstream, ejecting at the
+/// first failure (restored after `healthy_threshold` passes).
+pub fn fast_health_checks(c: &mut wasmgate_config::Config, healthy_threshold: u32) {
+    let u = c.upstreams.get_mut("default").unwrap();
+    u.health_check.path = Some("/health".into());
+    u.health_check.interval_ms = Some(50);
+    u.health_check.unhealthy_threshold = 1;
+    u.health_check.healthy_threshold = healthy_threshold;
+}
+
+/// Asserts an admin endpoint's answer while no admin token is configured: `403 forbidden`,
+/// saying how to set one.
+pub async fn expect_admin_off(resp: reqwest::Response) {
+    let v = expect_error(resp, 403, "forbidden").await;
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .contains("GATEWAY_ADMIN_TOKEN"));
+}
+
 /// The upstream echo's view of the request headers: name → first value.
 pub fn echoed_header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
     echo["headers"][name][0].as_str()

@@ -569,12 +569,12 @@ impl workers::Host for HostState {
             .active()
             .into_iter()
             .map(|w| workers::Worker {
-                id: w.id.clone(),
-                status: w.status.clone(),
-                region: w.region.clone(),
-                queue_depth: w.queue_depth,
                 gpu_utilization: w.gpu_utilization(),
                 gpu_json: w.gpu.as_ref().map(|g| g.to_string()),
+                id: w.id,
+                status: w.status,
+                region: w.region,
+                queue_depth: w.queue_depth,
                 heartbeat_age_ms: w.heartbeat_age_ms,
             })
             .collect()

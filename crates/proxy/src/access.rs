@@ -8,7 +8,7 @@
 //! it.
 use std::fmt::Write as _;
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Takes one complete line.
 type LineWriter = Box<dyn Fn(&[u8]) + Send + Sync>;
@@ -62,47 +62,11 @@ fn ms(d: Option<Duration>) -> f64 {
     d.map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
 }
 
-/// RFC 3339 UTC with microseconds, like the other log lines.
+/// The time as the other log lines show it (`tracing-subscriber`'s RFC 3339 formatter).
 fn timestamp(out: &mut String) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_micros()
-    );
-}
-
-/// A JSON string (quotes and escapes).
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    use tracing_subscriber::fmt::time::FormatTime as _;
+    let _ = tracing_subscriber::fmt::time::SystemTime
+        .format_time(&mut tracing_subscriber::fmt::format::Writer::new(out));
 }
 
 impl Line<'_> {
@@ -112,12 +76,16 @@ impl Line<'_> {
             .unwrap_or_default()
     }
 
-    fn json(&self) -> String {
-        let mut o = String::with_capacity(512);
-        o.push_str("{\"timestamp\":\"");
-        timestamp(&mut o);
-        o.push_str("\",\"level\":\"INFO\",\"message\":\"access\",\"target\":\"wasmgate::access\"");
+    fn json(&self) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut ts = String::with_capacity(32);
+        timestamp(&mut ts);
+        let mut o = Vec::with_capacity(512);
         let strings = [
+            ("timestamp", ts.as_str()),
+            ("level", "INFO"),
+            ("message", "access"),
+            ("target", "wasmgate::access"),
             ("request_id", self.request_id),
             ("trace_id", &self.trace()),
             ("client", &self.client.to_string()),
@@ -128,9 +96,11 @@ impl Line<'_> {
             ("upstream_target", self.upstream_target),
             ("error", self.error),
         ];
-        for (k, v) in strings {
-            let _ = write!(o, ",\"{k}\":");
-            json_str(&mut o, v);
+        for (i, (k, v)) in strings.into_iter().enumerate() {
+            o.push(if i == 0 { b'{' } else { b',' });
+            let _ = write!(o, "\"{k}\":");
+            // serde_json escapes what clients send (the path).
+            let _ = serde_json::to_writer(&mut o, v);
         }
         let _ = writeln!(
             o,
@@ -174,8 +144,12 @@ impl Line<'_> {
     pub(crate) fn emit(&self) {
         match SINK.get() {
             Some(sink) => {
-                let line = if sink.json { self.json() } else { self.text() };
-                (sink.writer)(line.as_bytes());
+                let line = if sink.json {
+                    self.json()
+                } else {
+                    self.text().into_bytes()
+                };
+                (sink.writer)(&line);
             }
             None => tracing::info!(
                 target: "wasmgate::access",
@@ -223,7 +197,7 @@ mod tests {
             answered_by_plugin: false,
             error: "",
         };
-        let v: serde_json::Value = serde_json::from_str(line.json().trim_end()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&line.json()).unwrap();
         assert_eq!(v["path"], "/v1/\"odd\"\\path\u{1}");
         assert_eq!(v["status"], 200);
         assert_eq!(v["duration_ms"], 1.5);

@@ -151,40 +151,11 @@ async fn plugins_endpoint<B>(
     }
 }
 
-/// One query parameter, percent-decoded.
+/// One query parameter, decoded (`%XX`, `+`).
 fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
-    uri.query()?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (escaped, bytes[i]) {
-            (Some(b), _) => {
-                out.push(b);
-                i += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, b) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Removes cached responses (all, or those whose path starts with `prefix`) from the `cache`
@@ -269,14 +240,10 @@ fn health(gw: &Gateway) -> Value {
     let mut upstreams = serde_json::Map::new();
     let (mut any_ejected, mut all_dead) = (false, !snap.upstreams.is_empty());
     for (name, u) in &snap.upstreams {
-        let mut report = u.health_report();
-        let healthy = report["healthy"].as_u64().unwrap_or(0);
-        let total = report["total"].as_u64().unwrap_or(0);
-        any_ejected |= healthy < total;
+        let healthy = u.healthy_targets();
+        any_ejected |= healthy < u.targets.len();
         all_dead &= healthy == 0;
-        // No credential is asked here: counts only, no internal addresses.
-        report.as_object_mut().map(|o| o.remove("targets"));
-        upstreams.insert(name.clone(), report);
+        upstreams.insert(name.clone(), u.health_report());
     }
     let plugins = match gw.plugins() {
         Some(rt) => {

@@ -53,43 +53,58 @@ where
     let request_id = headers::request_id(req.headers());
     let started = Instant::now();
     let _in_flight = gw.inner.metrics.start();
+    // One snapshot for the whole request: its configuration says what is recorded.
+    let snap = gw.snapshot();
+    let metrics = snap.config.metrics.enabled.then_some(&*gw.inner.metrics);
     let method = req.method().clone();
-    let logging = gw.inner.access_log.load(Ordering::Relaxed);
-    let path = logging.then(|| req.uri().path().to_owned());
+    let path = snap
+        .config
+        .log
+        .access_log
+        .then(|| req.uri().path().to_owned());
     let mut info = AccessInfo::default();
-    let mut error_code = None;
-    let resp = match proxy(gw, req, conn, &request_id, &mut info).await {
+    let mut error = None;
+    let resp = match proxy(gw, &snap, metrics, req, conn, &request_id, &mut info).await {
         Ok(resp) => resp,
         Err(e) => {
-            error_code = Some(e.code());
+            error = Some(e.code());
             error_response(&e, headers::request_id_str(&request_id))
         }
     };
     let took = started.elapsed();
     let status = resp.status().as_u16();
-    if let Some(m) = gw.metrics() {
-        m.answered(info.route.as_deref(), &method, status, took);
+    if let Some(m) = metrics {
+        m.answered(info.route.as_ref(), &method, status, took);
     }
     if let Some(path) = path {
-        access_log(
-            &info,
-            &request_id,
-            &method,
-            &path,
-            conn,
+        crate::access::Line {
+            request_id: headers::request_id_str(&request_id),
+            trace_id: info.trace_id,
+            client: conn.peer.ip(),
+            method: method.as_str(),
+            path: &path,
+            route: info.route.as_deref().unwrap_or(""),
             status,
-            took,
-            error_code,
-        );
+            duration: took,
+            upstream: info.upstream.as_ref().map_or("", |u| &*u.name),
+            upstream_target: info.target.as_ref().map_or("", |t| t.as_str()),
+            attempts: info.attempts,
+            upstream_time: info.upstream_time,
+            plugin_time: info.plugin_time,
+            answered_by_plugin: info.answered_by_plugin,
+            error: error.unwrap_or(""),
+        }
+        .emit();
     }
     resp
 }
 
-/// What the access log says about a request, filled in as it goes.
+/// What metrics and the access log say about a request, filled in as it goes (cheap clones:
+/// shared names, the parsed authority).
 #[derive(Default)]
 pub(crate) struct AccessInfo {
     route: Option<Arc<str>>,
-    upstream: Option<String>,
+    upstream: Option<Arc<crate::upstream::Upstream>>,
     target: Option<http::uri::Authority>,
     attempts: u32,
     upstream_time: Option<std::time::Duration>,
@@ -98,43 +113,13 @@ pub(crate) struct AccessInfo {
     trace_id: Option<u128>,
 }
 
-/// One access line per request, at the response head (crate::access).
-#[allow(clippy::too_many_arguments)]
-fn access_log(
-    info: &AccessInfo,
-    request_id: &HeaderValue,
-    method: &http::Method,
-    path: &str,
-    conn: &ConnInfo,
-    status: u16,
-    took: std::time::Duration,
-    error: Option<&'static str>,
-) {
-    crate::access::Line {
-        request_id: headers::request_id_str(request_id),
-        trace_id: info.trace_id,
-        client: conn.peer.ip(),
-        method: method.as_str(),
-        path,
-        route: info.route.as_deref().unwrap_or(""),
-        status,
-        duration: took,
-        upstream: info.upstream.as_deref().unwrap_or(""),
-        upstream_target: info.target.as_ref().map(|t| t.as_str()).unwrap_or(""),
-        attempts: info.attempts,
-        upstream_time: info.upstream_time,
-        plugin_time: info.plugin_time,
-        answered_by_plugin: info.answered_by_plugin,
-        error: error.unwrap_or(""),
-    }
-    .emit();
-}
-
 static GATEWAY_ROUTE: std::sync::LazyLock<Arc<str>> =
     std::sync::LazyLock::new(|| Arc::from("gateway"));
 
 async fn proxy<B>(
     gw: &Gateway,
+    snap: &Snapshot,
+    metrics: Option<&crate::metrics::Metrics>,
     req: Request<B>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
@@ -156,7 +141,6 @@ where
         ),
         None => None,
     };
-    let snap = gw.snapshot();
     let limits = &snap.config.server;
     if headers::header_bytes(req.headers()) > limits.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge(limits.max_header_bytes));
@@ -174,16 +158,16 @@ where
     let workers_path = snap.config.workers.endpoint.as_str();
     if !workers_path.is_empty() && path == workers_path {
         info.route = Some(WORKERS_ROUTE_NAME.clone());
-        return workers_endpoint(gw, &snap, req, conn, request_id, global_permit).await;
+        return workers_endpoint(gw, snap, req, conn, request_id, global_permit).await;
     }
     let (route, upstream) = snap.route(path).ok_or(ProxyError::RouteNotFound)?;
     info.route = Some(route.name.clone());
-    info.upstream = Some(upstream.name.clone());
+    info.upstream = Some(upstream.clone());
     let upstream_permit = match &upstream.limit {
         Some(limit) => Some(
             limit
                 .try_acquire()
-                .ok_or_else(|| ProxyError::UpstreamConcurrency(upstream.name.clone()))?,
+                .ok_or_else(|| ProxyError::UpstreamConcurrency(upstream.name.to_string()))?,
         ),
         None => None,
     };
@@ -204,7 +188,7 @@ where
     let plugins_started = Instant::now();
     let phase = request_phase(
         gw,
-        &snap,
+        snap,
         conn,
         &mut parts,
         &route.name,
@@ -313,6 +297,7 @@ where
     let retry_head = (upstream.retries > 0 && upstream.targets.len() > 1)
         .then(|| (parts.method.clone(), parts.headers.clone()));
     let idempotent = parts.method.is_idempotent();
+    let head_request = parts.method == http::Method::HEAD;
     let mut body = Some(UnsentBody::wrap(body, retry_head.is_some()));
     let mut head = Some(parts);
     let mut tried: Vec<usize> = Vec::new();
@@ -362,17 +347,17 @@ where
                 upstream.record(i, true, "request");
                 let took = attempt_started.elapsed();
                 info.upstream_time = Some(took);
-                if let Some(m) = gw.metrics() {
-                    m.upstream_ok(&upstream.name, target.authority.as_str(), took);
+                if let Some(m) = metrics {
+                    m.upstream_ok(&upstream.name, &target.authority, took);
                 }
                 break (resp, guard);
             }
             Err(_elapsed) => {
-                if let Some(m) = gw.metrics() {
-                    m.upstream_error(&upstream.name, target.authority.as_str(), "timeout");
+                if let Some(m) = metrics {
+                    m.upstream_error(&upstream.name, &target.authority, "timeout");
                 }
                 return Err(ProxyError::UpstreamTimeout {
-                    upstream: upstream.name.clone(),
+                    upstream: upstream.name.to_string(),
                     target: target.authority.to_string(),
                     timeout_ms: upstream.request_timeout_ms,
                 });
@@ -384,8 +369,8 @@ where
             upstream.record(i, false, "request");
         }
         let kind = if e.is_connect() { "connect" } else { "error" };
-        if let Some(m) = gw.metrics() {
-            m.upstream_error(&upstream.name, target.authority.as_str(), kind);
+        if let Some(m) = metrics {
+            m.upstream_error(&upstream.name, &target.authority, kind);
         }
         // A body plugin may have stopped the request: its answer wins over the upstream error.
         if let Some(v) = verdict.as_ref().and_then(|v| v.lock().unwrap().take()) {
@@ -413,7 +398,7 @@ where
                 return Err(upstream_error(upstream, target, &e));
             }
             tokio::time::sleep(backoff).await;
-            if let Some(m) = gw.metrics() {
+            if let Some(m) = metrics {
                 m.retried(&upstream.name);
             }
             body = unsent;
@@ -436,6 +421,21 @@ where
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
     let body_deadline = (!streaming).then_some(deadline);
+    // Asked again: a plugin may have skipped this body in its response-headers phase.
+    let mut wants_response_body =
+        wants_response_body && session.as_ref().is_some_and(Session::wants_response_body);
+    let bodiless = head_request
+        || rparts.status == http::StatusCode::NO_CONTENT
+        || rparts.status == http::StatusCode::NOT_MODIFIED
+        || rbody.is_end_stream();
+    if let (true, true, Some(s)) = (wants_response_body, bodiless, session.as_mut()) {
+        // The server never polls a body that cannot exist: the end-of-stream call the
+        // contract promises is made here.
+        s.end_of_response_body()
+            .await
+            .map_err(|f| ProxyError::Plugin(f.plugin))?;
+        wants_response_body = false;
+    }
     let body = match (&session, wants_response_body) {
         (Some(Session::Shared(shared)), true) => {
             let transformed = PluginResponseBody::new(rbody, shared.clone());
@@ -542,6 +542,29 @@ enum Session {
 }
 
 impl Session {
+    /// Whether a plugin still wants this response's body (a busy shared session: assume so).
+    fn wants_response_body(&self) -> bool {
+        match self {
+            Session::Owned(s) => s.wants_response_body(),
+            Session::Shared(s) => s.try_lock().map_or(true, |s| s.wants_response_body()),
+        }
+    }
+
+    /// The empty end-of-stream `on-response-body` call of a response without a body.
+    async fn end_of_response_body(
+        &mut self,
+    ) -> std::result::Result<(), wasmgate_plugin_host::PluginFailure> {
+        match self {
+            Session::Owned(s) => s.response_body(Vec::new(), true).await.map(drop),
+            Session::Shared(s) => s
+                .lock()
+                .await
+                .response_body(Vec::new(), true)
+                .await
+                .map(drop),
+        }
+    }
+
     async fn response_headers(
         &mut self,
         status: u16,
@@ -634,13 +657,13 @@ fn upstream_error(
 ) -> ProxyError {
     if e.is_connect() {
         ProxyError::UpstreamConnect {
-            upstream: upstream.name.clone(),
+            upstream: upstream.name.to_string(),
             target: target.authority.to_string(),
             cause: error_chain(e),
         }
     } else {
         ProxyError::Upstream {
-            upstream: upstream.name.clone(),
+            upstream: upstream.name.to_string(),
             target: target.authority.to_string(),
             cause: error_chain(e),
         }

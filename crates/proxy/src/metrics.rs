@@ -10,8 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::uri::Authority;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -20,35 +23,51 @@ use prometheus_client::registry::Registry;
 
 use crate::Gateway;
 
+// Label values are shared names (`Arc<str>`, an `Authority`): a request allocates no label.
+
+/// A target's `host:port` as a label value (a cheap clone of the parsed authority).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct TargetLabel(Authority);
+
+impl EncodeLabelValue for TargetLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(self.0.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: Arc<str>,
     method: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
-    upstream: String,
-    target: String,
+    upstream: Arc<str>,
+    target: TargetLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
-    upstream: String,
-    target: String,
+    upstream: Arc<str>,
+    target: TargetLabel,
     kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
-    upstream: String,
+    upstream: Arc<str>,
 }
+
+/// The route label of requests no route matched.
+static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("(none)"));
 
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~65 s.
@@ -148,12 +167,12 @@ impl Metrics {
     /// A request was answered (its head).
     pub(crate) fn answered(
         &self,
-        route: Option<&str>,
+        route: Option<&Arc<str>>,
         method: &http::Method,
         status: u16,
         took: Duration,
     ) {
-        let route = route.unwrap_or("(none)").to_string();
+        let route = route.unwrap_or(&NO_ROUTE).clone();
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.clone(),
@@ -167,31 +186,36 @@ impl Metrics {
     }
 
     /// An upstream attempt got a response head.
-    pub(crate) fn upstream_ok(&self, upstream: &str, target: &str, took: Duration) {
+    pub(crate) fn upstream_ok(&self, upstream: &Arc<str>, target: &Authority, took: Duration) {
         self.upstream_duration
             .get_or_create(&TargetLabels {
-                upstream: upstream.to_string(),
-                target: target.to_string(),
+                upstream: upstream.clone(),
+                target: TargetLabel(target.clone()),
             })
             .observe(took.as_secs_f64());
     }
 
     /// An upstream attempt failed (`connect`, `error`, `timeout`).
-    pub(crate) fn upstream_error(&self, upstream: &str, target: &str, kind: &'static str) {
+    pub(crate) fn upstream_error(
+        &self,
+        upstream: &Arc<str>,
+        target: &Authority,
+        kind: &'static str,
+    ) {
         self.upstream_errors
             .get_or_create(&ErrorLabels {
-                upstream: upstream.to_string(),
-                target: target.to_string(),
+                upstream: upstream.clone(),
+                target: TargetLabel(target.clone()),
                 kind,
             })
             .inc();
     }
 
     /// A request was retried on another target.
-    pub(crate) fn retried(&self, upstream: &str) {
+    pub(crate) fn retried(&self, upstream: &Arc<str>) {
         self.upstream_retries
             .get_or_create(&UpstreamLabels {
-                upstream: upstream.to_string(),
+                upstream: upstream.clone(),
             })
             .inc();
     }

@@ -129,10 +129,6 @@ pub(crate) struct GatewayInner {
     pub in_flight: Option<Arc<InFlightLimit>>,
     pub started: Instant,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// `log.access_log`, live on reload.
-    pub access_log: std::sync::atomic::AtomicBool,
-    /// `metrics.enabled`, live on reload (off: nothing is recorded).
-    pub metrics_enabled: std::sync::atomic::AtomicBool,
 }
 
 /// The gateway: the current snapshot plus process-wide state. Cheap to clone.
@@ -174,8 +170,6 @@ impl Gateway {
         services: Arc<wasmgate_plugin_host::HostServices>,
     ) -> Result<Gateway, BuildError> {
         let max = config.server.max_in_flight;
-        let access_log = config.log.access_log;
-        let metrics_enabled = config.metrics.enabled;
         let snapshot = Snapshot::build(config, None)?;
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
@@ -185,8 +179,6 @@ impl Gateway {
                 in_flight: (max > 0).then(|| InFlightLimit::new(max)),
                 started: Instant::now(),
                 metrics: Arc::new(crate::metrics::Metrics::new()),
-                access_log: std::sync::atomic::AtomicBool::new(access_log),
-                metrics_enabled: std::sync::atomic::AtomicBool::new(metrics_enabled),
             }),
         })
     }
@@ -225,14 +217,7 @@ impl Gateway {
             }
         }
         let builtins_changed = wasmgate_plugin_host::builtins::differ(&current.config, &config);
-        let (access_log, metrics) = (config.log.access_log, config.metrics.enabled);
         let next = Snapshot::build(config, Some(&current))?;
-        self.inner
-            .access_log
-            .store(access_log, std::sync::atomic::Ordering::Relaxed);
-        self.inner
-            .metrics_enabled
-            .store(metrics, std::sync::atomic::Ordering::Relaxed);
         let config = next.config.clone();
         self.inner.snapshot.store(Arc::new(next));
         if let (true, Some(rt), Ok(handle)) = (
@@ -259,14 +244,6 @@ impl Gateway {
     /// The state store, worker registry and plugin metrics.
     pub fn services(&self) -> &Arc<wasmgate_plugin_host::HostServices> {
         &self.inner.services
-    }
-
-    /// The request metrics, unless `metrics.enabled` is off.
-    pub(crate) fn metrics(&self) -> Option<&crate::metrics::Metrics> {
-        self.inner
-            .metrics_enabled
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .then_some(&*self.inner.metrics)
     }
 
     /// Seconds since the gateway was built.

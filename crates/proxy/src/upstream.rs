@@ -121,8 +121,8 @@ impl UpstreamClient {
 
 /// A named upstream with its own connection pool.
 pub struct Upstream {
-    /// Its name in `[upstreams]`.
-    pub name: String,
+    /// Its name in `[upstreams]` (shared: labels and logs clone it without allocating).
+    pub name: Arc<str>,
     /// Its targets, in configuration order.
     pub targets: Vec<Target>,
     next: AtomicUsize,
@@ -254,7 +254,7 @@ impl Upstream {
             .map(|k| HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("{k}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstream {
-            name: name.to_string(),
+            name: Arc::from(name),
             targets,
             next: AtomicUsize::new(0),
             client,
@@ -398,24 +398,17 @@ impl Upstream {
         }
     }
 
-    /// Health of every target, for `/gateway/health`.
+    /// Targets not ejected.
+    pub fn healthy_targets(&self) -> usize {
+        self.targets.iter().filter(|t| !t.is_ejected()).count()
+    }
+
+    /// Health counts, for `/gateway/health` (no addresses: it needs no credential).
     pub fn health_report(&self) -> serde_json::Value {
-        let targets: Vec<_> = self
-            .targets
-            .iter()
-            .map(|t| {
-                serde_json::json!({
-                    "target": t.authority.as_str(),
-                    "healthy": !t.is_ejected(),
-                    "in_flight": t.in_flight(),
-                })
-            })
-            .collect();
         serde_json::json!({
-            "healthy": self.targets.iter().filter(|t| !t.is_ejected()).count(),
+            "healthy": self.healthy_targets(),
             "total": self.targets.len(),
             "active_checks": self.health.path.is_some(),
-            "targets": targets,
         })
     }
 

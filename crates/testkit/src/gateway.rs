@@ -31,7 +31,7 @@ impl GatewayBuilder {
         self.route("/", "default", &[up.url()])
     }
 
-    /// Adds a route `prefix` to a new upstream `name` with `targets`.
+    /// Adds a route `prefix`, named `name`, to a new upstream `name` with `targets`.
     pub fn route(mut self, prefix: &str, name: &str, targets: &[String]) -> Self {
         self.config.upstreams.insert(
             name.to_string(),
@@ -41,7 +41,7 @@ impl GatewayBuilder {
             },
         );
         self.config.routes.push(RouteConfig {
-            name: None,
+            name: Some(name.to_string()),
             prefix: prefix.to_string(),
             upstream: name.to_string(),
             strip_prefix: false,

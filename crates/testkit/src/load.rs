@@ -174,6 +174,16 @@ pub fn env_knob(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The load benchmarks' knobs: (`BENCH_SECONDS` per round, default 3; `BENCH_ROUNDS`,
+/// default 9; `BENCH_CONNECTIONS`, default 32).
+pub fn knobs() -> (u64, usize, usize) {
+    (
+        env_knob("BENCH_SECONDS", 3),
+        env_knob("BENCH_ROUNDS", 9) as usize,
+        env_knob("BENCH_CONNECTIONS", 32) as usize,
+    )
+}
+
 /// What a load run measured.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadResult {

@@ -446,6 +446,18 @@ impl TestUpstream {
         self.state.log.lock().unwrap().clone()
     }
 
+    /// Requests received so far on paths starting with `prefix` (health checks on other
+    /// paths left out).
+    pub fn requests_to(&self, prefix: &str) -> usize {
+        self.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.uri.starts_with(prefix))
+            .count()
+    }
+
     /// Requests received so far.
     pub fn request_count(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)

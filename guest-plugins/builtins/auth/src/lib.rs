@@ -88,21 +88,6 @@ enum Failure {
     Unavailable,
 }
 
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim();
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn b64url(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s.trim_end_matches('='))
@@ -132,7 +117,7 @@ impl Auth {
             .replace("{salt}", &self.s.token_salt)
             .replace("{token}", token);
         let hash = crypto::sha256(material.as_bytes());
-        let hash_hex = hex(&hash);
+        let hash_hex = hex::encode(&hash);
         let known = matches_any(&hash, self.token_hashes.iter().map(Vec::as_slice)).is_some();
         let known = known
             || match &self.s.token_hash_set {
@@ -272,7 +257,8 @@ impl Plugin for Auth {
             .api_keys
             .iter()
             .map(|k| {
-                hex_decode(&k.sha256)
+                hex::decode(k.sha256.trim())
+                    .ok()
                     .filter(|h| h.len() == 32)
                     .map(|h| (k.id.clone(), h))
                     .ok_or_else(|| format!("api key `{}`: sha256 must be 64 hex digits", k.id))
@@ -283,7 +269,8 @@ impl Plugin for Auth {
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                hex_decode(h)
+                hex::decode(h.trim())
+                    .ok()
                     .filter(|h| h.len() == 32)
                     .ok_or_else(|| format!("token_hashes[{i}] must be 64 hex digits"))
             })

@@ -118,16 +118,6 @@ fn directives(v: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
-}
-
 fn now_ms() -> u64 {
     clock::now_ms()
 }
@@ -174,7 +164,7 @@ impl Cache {
                 }
             }
         }
-        hex(&crypto::sha256(material.as_bytes()))
+        hex::encode(&crypto::sha256(material.as_bytes()))
     }
 
     /// A stored entry for this request, when its `Vary` headers match.
@@ -385,16 +375,11 @@ impl Plugin for Cache {
             stored_ms: now_ms(),
             ttl_ms,
         };
-        if request::method() == "HEAD" {
-            // No body follows (and no body phase runs): store the head now.
-            self.store(&key, &head, &[]);
-        } else {
-            self.state = State::Storing {
-                key,
-                head,
-                body: Vec::new(),
-            };
-        }
+        self.state = State::Storing {
+            key,
+            head,
+            body: Vec::new(),
+        };
         Action::Continue
     }
 

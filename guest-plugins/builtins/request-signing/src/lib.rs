@@ -22,16 +22,6 @@ struct Signer {
     body: Option<Sha256>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
-}
-
 impl Plugin for Signer {
     fn new(config: Config) -> Result<Self, String> {
         let s: Settings = config.parse()?;
@@ -67,10 +57,10 @@ impl Plugin for Signer {
                 "{}:{}:{}:{}",
                 request::method(),
                 path,
-                hex(&digest),
+                hex::encode(&digest),
                 timestamp
             );
-            let signature = hex(&crypto::hmac_sha256(&self.secret, message.as_bytes()));
+            let signature = hex::encode(&crypto::hmac_sha256(&self.secret, message.as_bytes()));
             request::set_header("x-timestamp", &timestamp);
             request::set_header("x-signature", &signature);
         }
