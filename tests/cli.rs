@@ -298,25 +298,22 @@ async fn the_demo_serves_what_its_guide_promises() {
     assert!(guide.contains("curl -i http://") && guide.contains("X-API-Key: demo-key"));
     let c = client();
     let key = ("x-api-key", "demo-key");
+    let models = || async {
+        c.get(gw.url("/v1/models"))
+            .header(key.0, key.1)
+            .send()
+            .await
+            .unwrap()
+    };
 
     // A rejected call, an accepted one, a cache hit.
     let r = c.get(gw.url("/v1/models")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = c
-        .get(gw.url("/v1/models"))
-        .header(key.0, key.1)
-        .send()
-        .await
-        .unwrap();
+    let r = models().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-gateway-cache"], "MISS");
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
-    let r = c
-        .get(gw.url("/v1/models"))
-        .header(key.0, key.1)
-        .send()
-        .await
-        .unwrap();
+    let r = models().await;
     assert_eq!(r.headers()["x-gateway-cache"], "HIT");
 
     // A streamed completion.
@@ -351,12 +348,7 @@ async fn the_demo_serves_what_its_guide_promises() {
     // The rate limit: 8 per minute (the calls above counted).
     let mut codes = Vec::new();
     for _ in 0..8 {
-        let r = c
-            .get(gw.url("/v1/models"))
-            .header(key.0, key.1)
-            .send()
-            .await
-            .unwrap();
+        let r = models().await;
         codes.push(r.status().as_u16());
     }
     assert!(codes.contains(&429), "{codes:?}");
