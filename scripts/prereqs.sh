@@ -27,6 +27,24 @@ ensure_redis_server() {
   fi
 }
 
+# tests/deploy.rs validates deploy/docker-compose.yml with Debian's docker-compose (no container
+# engine is needed for `config -q`).
+ensure_docker_compose() {
+  if command -v docker-compose >/dev/null 2>&1; then
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> apt-get install docker-compose"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 || {
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+    }
+  else
+    echo "error: the tests need docker-compose to validate deploy/docker-compose.yml. Install it: sudo apt-get install docker-compose (Debian/Ubuntu) or pip install docker-compose" >&2
+    exit 1
+  fi
+}
+
 # The Python example plugin is built by a test with componentize-py (from PyPI).
 COMPONENTIZE_PY_VERSION=0.25.1
 ensure_componentize_py() {

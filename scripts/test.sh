@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/prereqs.sh
 ensure_wasm_target
 ensure_redis_server
+ensure_docker_compose
 ensure_componentize_py
 
 echo "==> cargo fmt --check"

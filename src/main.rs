@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod install;
+mod probe;
 mod reload;
 mod source;
 
@@ -36,6 +38,12 @@ enum Command {
     /// Start two inference simulators with simulated GPU workers and the gateway in front of
     /// them with every built-in plugin, and print `curl` lines to try.
     Demo(demo::DemoArgs),
+    /// Write the systemd unit, and a default configuration and secrets file when absent
+    /// (`/etc/systemd/system/wasmgate.service`, `/etc/wasmgate/`); prints the next step.
+    Install(install::InstallArgs),
+    /// Ask a running gateway whether it is live (exit 0 on a 2xx answer): for container
+    /// health checks in images with no shell or curl.
+    Healthcheck(probe::HealthcheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,15 +73,18 @@ fn main() -> ExitCode {
         return inspect(file, plugin_config, *json);
     }
     if let Some(Command::Demo(args)) = cli.command {
-        return match demo::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("wasmgate demo: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return report("demo", demo::run(args));
+    }
+    if let Some(Command::Install(args)) = cli.command {
+        return report("install", install::run(args));
     }
     let loader = ConfigLoader::new(cli.config.clone());
+    if let Some(Command::Healthcheck(args)) = cli.command {
+        // The port comes from the configuration when it loads; the probe must answer even
+        // when it does not (the running gateway keeps its old config).
+        let port = loader.load().map_or(3000, |c| c.server.port);
+        return report("healthcheck", probe::run(args, port));
+    }
     let config = match loader.load() {
         Ok(c) => c,
         Err(e) => {
@@ -91,7 +102,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Plugin(_) | Command::Demo(_) => {
+        Command::Plugin(_) | Command::Demo(_) | Command::Install(_) | Command::Healthcheck(_) => {
             unreachable!("handled before the configuration is loaded")
         }
         Command::Run => match run(loader, config) {
@@ -101,6 +112,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Exit status of a subcommand; its error on stderr.
+fn report(command: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wasmgate {command}: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -240,6 +240,15 @@ async fn on_redis_entries_are_bounded_shared_by_replicas_and_purged_by_the_admin
     let r401 = c.post(a.url("/gateway/cache/purge")).send().await.unwrap();
     expect_error(r401, 401, "unauthorized").await;
 
+    // From an empty cache, so that no random eviction (the index is at its bound) removes
+    // one of the two entries before the purge does.
+    let all = c
+        .post(a.url("/gateway/cache/purge"))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(all.status(), 200);
     verdict(a.url("/v1/models"), &lb).await;
     verdict(a.url("/v1/other"), &lb).await;
     assert_eq!(verdict(a.url("/v1/other"), &lb).await.0, "HIT");
@@ -325,4 +334,41 @@ async fn a_streamed_completion_is_not_passed_through_the_cache_chunk_by_chunk() 
     // A cacheable GET still has its body stored (and served).
     assert_eq!(verdict(gw.url("/v1/models"), &[]).await.0, "MISS");
     assert_eq!(verdict(gw.url("/v1/models"), &[]).await.0, "HIT");
+}
+
+/// A client that hangs up while the cache is storing the response (the plugin mid-call,
+/// awaiting Redis) costs nothing after it: the interrupted instance is retired, not pooled, so
+/// the next request does not trap on a component still inside its last call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_mid_store_does_not_break_the_next_request() {
+    let redis = RedisServer::start().await;
+    let body: &'static str = Box::leak("x".repeat(64 * 1024).into_boxed_str());
+    let up = upstream().route("/big", body).spawn().await;
+    let gw = gateway()
+        .upstream(&up)
+        .redis(&redis.url())
+        .config(cached)
+        .spawn()
+        .await;
+    let c = client();
+    for i in 0..20 {
+        // Headers only: the response is dropped with its body unread.
+        let r = c.get(gw.url(&format!("/big/{i}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(cache_header(&r), "MISS", "request {i}");
+        drop(r);
+    }
+    let (v, b) = verdict(gw.url("/big/last"), &[]).await;
+    assert_eq!(v, "MISS");
+    assert_eq!(b.len(), body.len());
+    assert_eq!(verdict(gw.url("/big/last"), &[]).await.0, "HIT");
+    let list = common::json(c.get(gw.url("/gateway/plugins"))).await;
+    let cache = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "cache")
+        .unwrap();
+    assert_eq!(cache["traps"], 0, "{cache}");
+    assert_eq!(cache["state"], "active");
 }

@@ -426,10 +426,23 @@ async fn access_logs_name_every_request_and_never_a_credential() {
     assert_eq!(v["attempts"], 1);
     assert!(v["trace_id"].as_str().unwrap().len() == 32);
     assert!(v["duration_ms"].as_f64().unwrap() > 0.0);
+    // Each plugin's outcome, in chain order.
+    assert_eq!(v["plugins"]["auth"], "continue", "{line}");
+    assert_eq!(v["plugins"]["rate-limit"], "continue", "{line}");
+    assert_eq!(v["plugins"]["security-headers"], "continue", "{line}");
     assert!(
         gw.wait_log("\"status\":401", Duration::from_secs(5)).await,
         "the refused request is logged too"
     );
+    let log = gw.log();
+    let refused_line = log.lines().find(|l| l.contains("\"status\":401")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(refused_line).unwrap();
+    assert_eq!(r["plugins"]["auth"], "answered", "{refused_line}");
+    assert!(
+        r["plugins"].get("rate-limit").is_none(),
+        "the chain stopped at auth: {refused_line}"
+    );
+    assert_eq!(r["answered_by_plugin"], true);
     // Everything written by now, the admin request's line included.
     assert!(
         gw.wait_log("\"route\":\"gateway\"", Duration::from_secs(5))

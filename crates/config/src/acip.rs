@@ -56,6 +56,7 @@ pub const ACIP_ENV_NAMES: &[(&str, &str)] = &[
     ("CORS_METHODS", "cors.methods"),
     ("PLUGINS_DIR", "plugins.dir"),
     ("PLUGINS_ENABLED", "plugins.enabled"),
+    ("PLUGINS_CACHE_DIR", "plugins.cache_dir"),
     ("GATEWAY_ADMIN_TOKEN", "admin.token"),
     ("REQUEST_SIGNING_SECRET", "request_signing.secret"),
 ];
@@ -316,6 +317,9 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
 
     r.string("PLUGINS_DIR", &mut c.plugins.dir);
     r.bool("PLUGINS_ENABLED", &mut c.plugins.enabled)?;
+    if let Some(dir) = r.opt_string("PLUGINS_CACHE_DIR") {
+        c.plugins.cache_dir = Some(dir);
+    }
     c.admin.token = r.secret("GATEWAY_ADMIN_TOKEN");
     c.request_signing.secret = r.secret("REQUEST_SIGNING_SECRET");
 
@@ -383,6 +387,7 @@ mod tests {
             ("LOG_FORMAT", "JSON"),
             ("CORS_ORIGIN", "https://a.example,https://b.example"),
             ("PLUGINS_DIR", "/srv/plugins"),
+            ("PLUGINS_CACHE_DIR", "/var/cache/wasmgate"),
             ("GATEWAY_ADMIN_TOKEN", "adm"),
             ("REQUEST_SIGNING_SECRET", "sig"),
         ]);
@@ -404,6 +409,7 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.cors.origins.len(), 2);
         assert_eq!(c.plugins.dir, "/srv/plugins");
+        assert_eq!(c.plugins.cache_dir.as_deref(), Some("/var/cache/wasmgate"));
         assert_eq!(c.admin.token.as_ref().unwrap().expose(), "adm");
         assert_eq!(c.request_signing.secret.as_ref().unwrap().expose(), "sig");
     }

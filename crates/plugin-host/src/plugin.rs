@@ -374,6 +374,7 @@ impl LoadedPlugin {
                 store,
                 bindings,
                 uses: 0,
+                in_call: false,
             },
             info,
         ))
@@ -428,7 +429,9 @@ impl LoadedPlugin {
         std::mem::swap(&mut inst.store.data_mut().req, state);
         self.arm(inst);
         let started = Instant::now();
+        inst.in_call = true;
         let r = call(&inst.bindings, &mut inst.store).await;
+        inst.in_call = false;
         std::mem::swap(&mut inst.store.data_mut().req, state);
         self.finish_call(inst, started, r)
     }
@@ -508,7 +511,8 @@ impl LoadedPlugin {
 
     /// Whether an instance should be retired instead of reused.
     pub(crate) fn should_retire(&self, inst: &Pooled) -> bool {
-        inst.uses >= self.settings.max_uses
+        inst.in_call
+            || inst.uses >= self.settings.max_uses
             || inst.store.data().limiter.peak_bytes > self.settings.memory_high_water()
     }
 

@@ -17,6 +17,10 @@ pub struct Pooled {
     pub bindings: GatewayPlugin,
     /// Requests served.
     pub uses: u64,
+    /// A call started and has not returned. Still set when the instance comes back, the call's
+    /// future was dropped mid-call (a client went away while a plugin awaited the store): the
+    /// component is mid-export and cannot be entered again, so the instance is retired.
+    pub in_call: bool,
 }
 
 /// The idle instances of one (plugin, tenant) and a count of the live ones.

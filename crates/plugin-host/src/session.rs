@@ -33,10 +33,76 @@ pub struct PluginFailure {
     pub failure: CallFailure,
 }
 
+/// What one plugin did for a request, as the access log reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not called (no phase ran yet, or the chain stopped before it).
+    #[default]
+    NotRun,
+    /// Called, and let the request go on.
+    Continued,
+    /// Named the upstream target (`continue-to`).
+    Routed,
+    /// Answered the request itself (a refusal, a cache hit, a preflight...).
+    Answered,
+    /// Not active, or not serving this tenant.
+    Skipped,
+    /// Failed and was skipped for the rest of the request (fail-open).
+    FailedOpen,
+    /// Failed and failed the request (fail-closed).
+    Failed,
+}
+
+impl Outcome {
+    /// The name in the access log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::NotRun => "not_run",
+            Outcome::Continued => "continue",
+            Outcome::Routed => "routed",
+            Outcome::Answered => "answered",
+            Outcome::Skipped => "skipped",
+            Outcome::FailedOpen => "failed_open",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Each plugin of a request's chain with what it did (the ones that ran), in chain order.
+#[derive(Debug, Clone, Default)]
+pub struct PluginOutcomes {
+    plugins: Option<PluginList>,
+    outcomes: Vec<Outcome>,
+}
+
+impl PluginOutcomes {
+    /// `(plugin name, outcome)` for every plugin that was called or skipped.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Outcome)> {
+        self.plugins
+            .iter()
+            .flat_map(|p| p.iter())
+            .zip(&self.outcomes)
+            .filter(|(_, o)| **o != Outcome::NotRun)
+            .map(|(p, o)| (p.name.as_str(), *o))
+    }
+}
+
+impl Slot {
+    /// Holds an instance that can take a call: not one whose call was dropped mid-way (a
+    /// client that went away), which is retired when the session ends.
+    fn callable(&self) -> bool {
+        self.checkout
+            .as_ref()
+            .and_then(|c| c.inst.as_ref())
+            .is_some_and(|i| !i.in_call)
+    }
+}
+
 /// What a request holds for one plugin of its chain.
 #[derive(Default)]
 struct Slot {
     checkout: Option<Checkout>,
+    outcome: Outcome,
     /// Failed open (or inactive) earlier in this request: skip its later phases.
     skipped: bool,
     /// The plugin asked not to see this response's body (`skip-response-body`).
@@ -100,6 +166,14 @@ impl RequestSession {
             .any(|(p, s)| p.phases.response_body && !s.skipped && !s.no_response_body)
     }
 
+    /// What each plugin did so far (for the access log).
+    pub fn outcomes(&self) -> PluginOutcomes {
+        PluginOutcomes {
+            plugins: Some(self.plugins.clone()),
+            outcomes: self.slots.iter().map(|s| s.outcome).collect(),
+        }
+    }
+
     /// Runs `on-request-headers` through the chain, in order.
     pub async fn request_headers(&mut self) -> Result<Decision, PluginFailure> {
         let mut hint = None;
@@ -113,8 +187,14 @@ impl RequestSession {
             self.release_if_done(i);
             match action {
                 Some(Action::Continue) | None => {}
-                Some(Action::ContinueTo(target)) => hint = Some(target),
-                Some(Action::Respond(resp)) => return Ok(Decision::Respond(resp)),
+                Some(Action::ContinueTo(target)) => {
+                    self.slots[i].outcome = Outcome::Routed;
+                    hint = Some(target);
+                }
+                Some(Action::Respond(resp)) => {
+                    self.slots[i].outcome = Outcome::Answered;
+                    return Ok(Decision::Respond(resp));
+                }
             }
         }
         Ok(Decision::Continue {
@@ -203,7 +283,11 @@ impl RequestSession {
     async fn ready(&mut self, i: usize) -> Result<bool, PluginFailure> {
         let (plugin, slot) = (&self.plugins[i], &mut self.slots[i]);
         let tenant = self.state.tenant();
-        if slot.skipped || !plugin.settings.serves_tenant(tenant) {
+        if slot.skipped {
+            return Ok(false);
+        }
+        if !plugin.settings.serves_tenant(tenant) {
+            slot.outcome = Outcome::Skipped;
             return Ok(false);
         }
         if slot.checkout.is_none() {
@@ -211,6 +295,7 @@ impl RequestSession {
                 Ok(c) => slot.checkout = Some(c),
                 Err(CallFailure::Inactive) => {
                     slot.skipped = true;
+                    slot.outcome = Outcome::Skipped;
                     return Ok(false);
                 }
                 Err(failure) => return fail(plugin, slot, failure).map(|()| false),
@@ -240,7 +325,12 @@ impl RequestSession {
             slot.no_response_body = true;
         }
         match result {
-            Ok(v) => Ok(Some(v)),
+            Ok(v) => {
+                if slot.outcome == Outcome::NotRun {
+                    slot.outcome = Outcome::Continued;
+                }
+                Ok(Some(v))
+            }
             Err(failure) => {
                 // The store is unusable after a trap: drop it (a new instance replaces it).
                 slot.checkout.take();
@@ -253,7 +343,7 @@ impl RequestSession {
     async fn finish(mut self) {
         self.logging = true;
         for i in 0..self.plugins.len() {
-            if self.plugins[i].phases.log && self.slots[i].checkout.is_some() {
+            if self.plugins[i].phases.log && self.slots[i].callable() {
                 let _ = self.run(i, async |b, s| b.call_on_log(s).await).await;
             }
         }
@@ -297,12 +387,16 @@ fn fail(plugin: &LoadedPlugin, slot: &mut Slot, failure: CallFailure) -> Result<
     match plugin.fail_policy() {
         FailPolicy::FailOpen => {
             slot.skipped = true;
+            slot.outcome = Outcome::FailedOpen;
             Ok(())
         }
-        FailPolicy::FailClosed => Err(PluginFailure {
-            plugin: plugin.name.clone(),
-            failure,
-        }),
+        FailPolicy::FailClosed => {
+            slot.outcome = Outcome::Failed;
+            Err(PluginFailure {
+                plugin: plugin.name.clone(),
+                failure,
+            })
+        }
     }
 }
 
@@ -313,7 +407,7 @@ impl Drop for RequestSession {
                 .plugins
                 .iter()
                 .zip(&self.slots)
-                .any(|(p, s)| p.phases.log && s.checkout.is_some());
+                .any(|(p, s)| p.phases.log && s.callable());
         if wants_log {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 let session = RequestSession {

@@ -55,7 +55,24 @@ pub(crate) struct Line<'a> {
     pub upstream_time: Option<Duration>,
     pub plugin_time: Option<Duration>,
     pub answered_by_plugin: bool,
+    /// What each plugin that ran did.
+    pub plugins: &'a wasmgate_plugin_host::PluginOutcomes,
     pub error: &'a str,
+}
+
+/// `auth:continue,rate-limit:answered` (the text line and the `tracing` fallback).
+struct PluginList<'a>(&'a wasmgate_plugin_host::PluginOutcomes);
+
+impl std::fmt::Display for PluginList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, outcome)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{name}:{}", outcome.as_str())?;
+        }
+        Ok(())
+    }
 }
 
 fn ms(d: Option<Duration>) -> f64 {
@@ -102,6 +119,16 @@ impl Line<'_> {
             // serde_json escapes what clients send (the path).
             let _ = serde_json::to_writer(&mut o, v);
         }
+        // "plugins": {"auth": "continue", ...} in chain order.
+        o.extend_from_slice(b",\"plugins\":{");
+        for (i, (name, outcome)) in self.plugins.iter().enumerate() {
+            if i > 0 {
+                o.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut o, name);
+            let _ = write!(o, ":\"{}\"", outcome.as_str());
+        }
+        o.push(b'}');
         let _ = writeln!(
             o,
             ",\"status\":{},\"duration_ms\":{:.3},\"attempts\":{},\"upstream_ms\":{:.3},\"plugins_ms\":{:.3},\"answered_by_plugin\":{}}}",
@@ -120,7 +147,7 @@ impl Line<'_> {
         timestamp(&mut o);
         let _ = writeln!(
             o,
-            "  INFO wasmgate::access: access request_id={} trace_id={} client={} method={} path={:?} route={} status={} duration_ms={:.3} upstream={} upstream_target={} attempts={} upstream_ms={:.3} plugins_ms={:.3} answered_by_plugin={} error={}",
+            "  INFO wasmgate::access: access request_id={} trace_id={} client={} method={} path={:?} route={} status={} duration_ms={:.3} upstream={} upstream_target={} attempts={} upstream_ms={:.3} plugins_ms={:.3} answered_by_plugin={} plugins={} error={}",
             self.request_id,
             self.trace(),
             self.client,
@@ -135,6 +162,7 @@ impl Line<'_> {
             ms(self.upstream_time),
             ms(self.plugin_time),
             self.answered_by_plugin,
+            PluginList(self.plugins),
             self.error
         );
         o
@@ -167,6 +195,7 @@ impl Line<'_> {
                 upstream_ms = ms(self.upstream_time),
                 plugins_ms = ms(self.plugin_time),
                 answered_by_plugin = self.answered_by_plugin,
+                plugins = %PluginList(self.plugins),
                 error = self.error,
                 "access"
             ),
@@ -195,6 +224,7 @@ mod tests {
             upstream_time: Some(Duration::from_millis(1)),
             plugin_time: None,
             answered_by_plugin: false,
+            plugins: &Default::default(),
             error: "",
         };
         let v: serde_json::Value = serde_json::from_slice(&line.json()).unwrap();
@@ -202,6 +232,7 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["duration_ms"], 1.5);
         assert_eq!(v["trace_id"].as_str().unwrap().len(), 32);
+        assert_eq!(v["plugins"], serde_json::json!({}));
         let ts = v["timestamp"].as_str().unwrap();
         assert!(
             ts.len() == 27 && ts.ends_with('Z') && ts.starts_with("20"),

@@ -92,6 +92,7 @@ where
             upstream_time: info.upstream_time,
             plugin_time: info.plugin_time,
             answered_by_plugin: info.answered_by_plugin,
+            plugins: &info.plugins,
             error: error.unwrap_or(""),
         }
         .emit();
@@ -111,6 +112,18 @@ pub(crate) struct AccessInfo {
     plugin_time: Option<std::time::Duration>,
     answered_by_plugin: bool,
     trace_id: Option<u128>,
+    /// Each plugin's outcome, recorded only while the access log is on.
+    plugins: wasmgate_plugin_host::PluginOutcomes,
+}
+
+impl AccessInfo {
+    /// Where a session records what its plugins did: `None` (no work) with the log off.
+    fn record<'a>(
+        &'a mut self,
+        snap: &Snapshot,
+    ) -> Option<&'a mut wasmgate_plugin_host::PluginOutcomes> {
+        snap.config.log.access_log.then_some(&mut self.plugins)
+    }
 }
 
 static GATEWAY_ROUTE: std::sync::LazyLock<Arc<str>> =
@@ -158,7 +171,8 @@ where
     let workers_path = snap.config.workers.endpoint.as_str();
     if !workers_path.is_empty() && path == workers_path {
         info.route = Some(WORKERS_ROUTE_NAME.clone());
-        return workers_endpoint(gw, snap, req, conn, request_id, global_permit).await;
+        let record = info.record(snap);
+        return workers_endpoint(gw, snap, req, conn, request_id, global_permit, record).await;
     }
     let (route, upstream) = snap.route(path).ok_or(ProxyError::RouteNotFound)?;
     info.route = Some(route.name.clone());
@@ -191,9 +205,9 @@ where
         snap,
         conn,
         &mut parts,
-        &route.name,
-        Some(upstream),
+        (&route.name, Some(upstream)),
         request_id,
+        info.record(snap),
     )
     .await;
     if gw.plugins().is_some() {
@@ -203,7 +217,8 @@ where
         RequestPhase::Answered(s, local) => {
             info.answered_by_plugin = true;
             let permits = (global_permit, upstream_permit);
-            return local_answer(Some(Session::Owned(s)), local, request_id, permits).await;
+            let record = info.record(snap);
+            return local_answer(Some(Session::Owned(s)), local, request_id, permits, record).await;
         }
         RequestPhase::Continue(s, hint) => (Some(s), hint),
         RequestPhase::NoPlugins => (None, None),
@@ -231,7 +246,7 @@ where
             Err(local) => {
                 let permits = (global_permit, upstream_permit);
                 let s = session.take().map(Session::Owned);
-                return local_answer(s, local, request_id, permits).await;
+                return local_answer(s, local, request_id, permits, info.record(snap)).await;
             }
         }
     }
@@ -376,7 +391,8 @@ where
         if let Some(v) = verdict.as_ref().and_then(|v| v.lock().unwrap().take()) {
             return match (v, session) {
                 (BodyVerdict::Respond(local), Some(s)) => {
-                    local_answer(Some(s), local, request_id, (global_permit, upstream_permit)).await
+                    let permits = (global_permit, upstream_permit);
+                    local_answer(Some(s), local, request_id, permits, info.record(snap)).await
                 }
                 (BodyVerdict::Failed(f), _) => Err(ProxyError::Plugin(f.plugin)),
                 (BodyVerdict::Respond(_), None) => Err(ProxyError::Plugin("(unknown)".into())),
@@ -410,9 +426,13 @@ where
     let (mut rparts, rbody) = resp.into_parts();
     remove_hop_by_hop(&mut rparts.headers);
     if let Some(s) = session.as_mut() {
-        s.response_headers(rparts.status.as_u16(), &mut rparts.headers)
-            .await
-            .map_err(|f| ProxyError::Plugin(f.plugin))?;
+        s.response_headers(
+            rparts.status.as_u16(),
+            &mut rparts.headers,
+            info.record(snap),
+        )
+        .await
+        .map_err(|f| ProxyError::Plugin(f.plugin))?;
     }
     rparts.headers.insert(X_REQUEST_ID, request_id.clone());
     let streaming = rparts
@@ -465,16 +485,17 @@ enum RequestPhase {
     ),
 }
 
-/// Runs the route's plugins on the request head (`parts.headers` get their changes); a
-/// fail-closed failure is the request's error.
+/// Runs the route's plugins (of `route`, in front of `upstream`) on the request head
+/// (`parts.headers` get their changes); a fail-closed failure is the request's error. `record`
+/// gets what each plugin did when the access log is on.
 async fn request_phase(
     gw: &Gateway,
     snap: &Snapshot,
     conn: &ConnInfo,
     parts: &mut http::request::Parts,
-    route: &Arc<str>,
-    upstream: Option<&Arc<crate::upstream::Upstream>>,
+    (route, upstream): (&Arc<str>, Option<&Arc<crate::upstream::Upstream>>),
     request_id: &HeaderValue,
+    record: Option<&mut wasmgate_plugin_host::PluginOutcomes>,
 ) -> Result<RequestPhase> {
     let Some(runtime) = gw.plugins() else {
         return Ok(RequestPhase::NoPlugins);
@@ -487,6 +508,9 @@ async fn request_phase(
     };
     let decision = s.request_headers().await;
     parts.headers = std::mem::take(&mut s.state.headers);
+    if let Some(r) = record {
+        *r = s.outcomes();
+    }
     match decision {
         Err(f) => {
             let rid = headers::request_id_str(request_id);
@@ -565,14 +589,23 @@ impl Session {
         }
     }
 
+    /// The response-headers phase; `record` gets what each plugin did (for the access log).
     async fn response_headers(
         &mut self,
         status: u16,
         headers: &mut http::HeaderMap,
+        record: Option<&mut wasmgate_plugin_host::PluginOutcomes>,
     ) -> std::result::Result<(), wasmgate_plugin_host::PluginFailure> {
+        let run = async |s: &mut RequestSession| {
+            let r = s.response_headers(status, headers).await;
+            if let Some(rec) = record {
+                *rec = s.outcomes();
+            }
+            r
+        };
         match self {
-            Session::Owned(s) => s.response_headers(status, headers).await,
-            Session::Shared(s) => s.lock().await.response_headers(status, headers).await,
+            Session::Owned(s) => run(s).await,
+            Session::Shared(s) => run(&mut *s.lock().await).await,
         }
     }
 }
@@ -584,11 +617,12 @@ async fn local_answer(
     local: wasmgate_plugin_host::bindings::LocalResponse,
     request_id: &HeaderValue,
     permits: (Option<InFlightPermit>, Option<InFlightPermit>),
+    record: Option<&mut wasmgate_plugin_host::PluginOutcomes>,
 ) -> Result<Response<ProxyBody>> {
     let (mut parts, body) = plugins::local_response(local).into_parts();
     if let Some(session) = session.as_mut() {
         session
-            .response_headers(parts.status.as_u16(), &mut parts.headers)
+            .response_headers(parts.status.as_u16(), &mut parts.headers, record)
             .await
             .map_err(|f| ProxyError::Plugin(f.plugin))?;
     }
@@ -615,6 +649,7 @@ async fn workers_endpoint<B>(
     conn: &ConnInfo,
     request_id: &HeaderValue,
     permit: Option<InFlightPermit>,
+    mut record: Option<&mut wasmgate_plugin_host::PluginOutcomes>,
 ) -> Result<Response<ProxyBody>> {
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return Err(ProxyError::MethodNotAllowed);
@@ -623,9 +658,12 @@ async fn workers_endpoint<B>(
     remove_hop_by_hop(&mut parts.headers);
     headers::remove_gateway_claims(&mut parts.headers);
     let route = &*WORKERS_ROUTE_NAME;
-    let session = match request_phase(gw, snap, conn, &mut parts, route, None, request_id).await? {
+    let rec = record.as_deref_mut();
+    let phase = request_phase(gw, snap, conn, &mut parts, (route, None), request_id, rec).await?;
+    let session = match phase {
         RequestPhase::Answered(s, local) => {
-            return local_answer(Some(Session::Owned(s)), local, request_id, (permit, None)).await
+            let s = Some(Session::Owned(s));
+            return local_answer(s, local, request_id, (permit, None), record).await;
         }
         RequestPhase::Continue(s, _) => Some(Session::Owned(s)),
         RequestPhase::NoPlugins => None,
@@ -646,7 +684,7 @@ async fn workers_endpoint<B>(
         ],
         body: body.to_string().into_bytes(),
     };
-    local_answer(session, local, request_id, (permit, None)).await
+    local_answer(session, local, request_id, (permit, None), record).await
 }
 
 /// The error for a failed attempt on `target`.
