@@ -45,6 +45,23 @@ ensure_docker_compose() {
   fi
 }
 
+# tests/dashboard.rs renders /gateway/ui in Debian's Chromium, headless.
+ensure_chromium() {
+  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1; then
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> apt-get install chromium"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || {
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    }
+  else
+    echo "error: the dashboard test needs Chromium. Install it: sudo apt-get install chromium (Debian) or chromium-browser (Ubuntu)" >&2
+    exit 1
+  fi
+}
+
 # The Python example plugin is built by a test with componentize-py (from PyPI).
 COMPONENTIZE_PY_VERSION=0.25.1
 ensure_componentize_py() {

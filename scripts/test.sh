@@ -7,6 +7,7 @@ source scripts/prereqs.sh
 ensure_wasm_target
 ensure_redis_server
 ensure_docker_compose
+ensure_chromium
 ensure_componentize_py
 
 echo "==> cargo fmt --check"

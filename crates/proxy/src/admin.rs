@@ -20,6 +20,12 @@ pub const HEALTH_PATH: &str = "/gateway/health";
 const PLUGINS_PATH: &str = "/gateway/plugins";
 const PURGE_PATH: &str = "/gateway/cache/purge";
 const CONFIG_PATH: &str = "/gateway/config";
+/// The dashboard page (no data in it: it asks for the admin token and reads the endpoints).
+pub const UI_PATH: &str = "/gateway/ui";
+/// The GPU worker registry for the dashboard (admin token).
+const WORKERS_PATH: &str = "/gateway/workers";
+/// The dashboard: one self-contained page (no CDN), served from the binary.
+const UI_HTML: &str = include_str!("ui.html");
 /// Liveness: the process serves requests.
 pub const LIVE_PATH: &str = "/gateway/health/live";
 /// Readiness: the gateway can serve traffic (not `unhealthy`).
@@ -52,9 +58,39 @@ pub(crate) async fn local<B>(
             let body = json!({"status": "alive", "uptime_s": gw.uptime_secs()});
             return Some(json_response(StatusCode::OK, &body, request_id));
         }
-        CONFIG_PATH => {
+        UI_PATH => {
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return Some(error_response(
+                    &ProxyError::MethodNotAllowed,
+                    request_id_str(request_id),
+                ));
+            }
+            let mut resp = Response::new(full(Bytes::from_static(UI_HTML.as_bytes())));
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            // Everything the page runs is in it; it talks only to this origin.
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'",
+                ),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(X_REQUEST_ID, request_id.clone());
+            return Some(resp);
+        }
+        CONFIG_PATH | WORKERS_PATH => {
             let result = match req.method() {
-                &Method::GET => authorize(gw, req).map(|()| effective_config(gw)),
+                &Method::GET => authorize(gw, req).map(|()| match path {
+                    CONFIG_PATH => effective_config(gw),
+                    _ => {
+                        let workers = gw.services().workers.active();
+                        json!({"workers": workers, "total": workers.len()})
+                    }
+                }),
                 _ => Err(ProxyError::MethodNotAllowed),
             };
             return Some(match result {
@@ -67,7 +103,8 @@ pub(crate) async fn local<B>(
     let snap = gw.snapshot();
     let m = &snap.config.metrics;
     if m.enabled && path == m.path {
-        return Some(match metrics_endpoint(gw, req, m.token.as_ref()) {
+        let admin = snap.config.admin.token.as_ref();
+        return Some(match metrics_endpoint(gw, req, m.token.as_ref(), admin) {
             Ok(text) => {
                 let mut resp = Response::new(full(Bytes::from(text)));
                 resp.headers_mut().insert(
@@ -291,17 +328,20 @@ fn health(gw: &Gateway) -> Value {
     })
 }
 
-/// The exposition text, when the scraper sends the metrics token (if one is configured).
+/// The exposition text, when the scraper sends the metrics token (if one is configured) or
+/// the admin token (the dashboard's).
 fn metrics_endpoint<B>(
     gw: &Gateway,
     req: &Request<B>,
     token: Option<&wasmgate_config::Secret>,
+    admin: Option<&wasmgate_config::Secret>,
 ) -> Result<String, ProxyError> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(ProxyError::MethodNotAllowed);
     }
     if let Some(token) = token.filter(|t| !t.is_empty()) {
-        if !bearer_matches(req, token.expose()) {
+        let is_admin = admin.is_some_and(|a| !a.is_empty() && bearer_matches(req, a.expose()));
+        if !bearer_matches(req, token.expose()) && !is_admin {
             return Err(ProxyError::Unauthorized(
                 "a valid metrics token is required".into(),
             ));
