@@ -4,7 +4,9 @@
 //! targets); same upstreams and load generator as bench-proxy, one worker thread per gateway,
 //! interleaved rounds, medians of per-round ratios. Targets: memory >= 0.8, Redis >= 0.5.
 //! `cargo bench --bench builtins_load` (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONNECTIONS;
-//! BENCH_CHAIN=auth, rate-limit or router runs one built-in alone).
+//! BENCH_CHAIN=auth, rate-limit or router runs one built-in alone; BENCH_CHAIN=acip runs the
+//! chain the `.env` mode turns on: security-headers, cors, auth, rate-limit, cache with the job
+//! API excluded, round-robin).
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -28,6 +30,19 @@ fn chain_config(upstreams: [SocketAddr; 2], redis: Option<String>) -> Config {
     let mut c = two_targets(upstreams);
     // BENCH_CHAIN=auth, rate-limit or router measures one alone.
     let only = std::env::var("BENCH_CHAIN").unwrap_or_default();
+    if only == "acip" {
+        c.auth.enabled = true;
+        c.auth.api_keys = vec![Secret::new(KEY.1)];
+        c.rate_limit.enabled = true;
+        c.rate_limit.max_requests = u64::MAX >> 2;
+        c.rate_limit.window_ms = 1_000;
+        c.cors.enabled = true;
+        c.security_headers.enabled = true;
+        c.cache.enabled = true;
+        c.cache.exclude_paths = vec!["/api/v1/jobs".into(), "/api/v1/queue".into()];
+        c.redis.url = redis.map(Secret::new);
+        return c;
+    }
     let on = |name: &str| only.is_empty() || only == name;
     c.auth.enabled = on("auth");
     c.auth.api_keys = vec![Secret::new(KEY.1)];

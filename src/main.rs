@@ -274,6 +274,8 @@ fn run(loader: ConfigLoader, config: wasmgate_config::Config) -> anyhow::Result<
         );
         reload::spawn(loader, gateway.clone())?;
         server.run(wasmgate_proxy::shutdown_signal()).await;
+        // The access lines still batched (the log guard then drains the writer).
+        wasmgate_proxy::access::flush();
         tracing::info!("wasmgate stopped");
         Ok(())
     })

@@ -238,6 +238,14 @@ async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
         .await
         .expect("exits after draining");
     assert!(status.success(), "{status:?}\n{}", gw.log());
+    // The drained request's access line was still batched at exit: flushed, not lost.
+    let log = gw.log();
+    assert!(
+        log.lines().any(|l| l.contains("wasmgate::access")
+            && l.contains("path=\"/slow\"")
+            && l.contains("status=200")),
+        "{log}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 

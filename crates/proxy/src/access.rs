@@ -6,28 +6,70 @@
 //!
 //! The line carries no header value, no query string and no body, so no credential can reach
 //! it.
-use std::fmt::Write as _;
-use std::sync::OnceLock;
+//!
+//! Lines are batched: each is formatted into a per-thread scratch buffer, appended to a shared
+//! batch, and the batch goes to the writer when it reaches [`BATCH_BYTES`] or every
+//! [`FLUSH_INTERVAL`] (a background thread), and at shutdown ([`flush`]). The writer thread
+//! then wakes once per batch instead of once per request. Envoy buffers its access log the
+//! same way (flushed every 10 s by default); a line here waits at most 200 ms.
+use std::cell::RefCell;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-/// Takes one complete line.
+/// Takes complete lines, newlines included.
 type LineWriter = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+/// A batch goes to the writer when it reaches this size...
+pub const BATCH_BYTES: usize = 32 * 1024;
+/// ...or this long after the last flush.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Where access lines go, and in which format.
 pub struct Sink {
     writer: LineWriter,
     json: bool,
+    batch: Mutex<Vec<u8>>,
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
-/// Installs the sink (once per process; later calls are ignored): `write` gets each complete
-/// line, newline included.
+thread_local! {
+    /// Where a line is formatted before it joins the batch (reused: no allocation per line).
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+}
+
+/// Installs the sink (once per process; later calls are ignored): `write` gets whole lines,
+/// newline included, several at a time. Starts the thread that flushes every
+/// [`FLUSH_INTERVAL`].
 pub fn set_sink(json: bool, write: impl Fn(&[u8]) + Send + Sync + 'static) {
-    let _ = SINK.set(Sink {
-        writer: Box::new(write),
-        json,
-    });
+    let installed = SINK
+        .set(Sink {
+            writer: Box::new(write),
+            json,
+            batch: Mutex::new(Vec::with_capacity(2 * BATCH_BYTES)),
+        })
+        .is_ok();
+    if installed {
+        let _ = std::thread::Builder::new()
+            .name("wasmgate-access-flush".into())
+            .spawn(|| loop {
+                std::thread::sleep(FLUSH_INTERVAL);
+                flush();
+            });
+    }
+}
+
+/// Writes the lines batched so far (the flush thread calls it; call it before exiting).
+pub fn flush() {
+    let Some(sink) = SINK.get() else { return };
+    let full = {
+        let mut batch = sink.batch.lock().unwrap_or_else(|e| e.into_inner());
+        if batch.is_empty() {
+            return;
+        }
+        std::mem::replace(&mut *batch, Vec::with_capacity(2 * BATCH_BYTES))
+    };
+    (sink.writer)(&full);
 }
 
 /// A `set_sink` writer over any cloneable `io::Write` (the non-blocking log writer).
@@ -93,11 +135,10 @@ impl Line<'_> {
             .unwrap_or_default()
     }
 
-    fn json(&self) -> Vec<u8> {
+    fn json(&self, o: &mut Vec<u8>) {
         use std::io::Write as _;
         let mut ts = String::with_capacity(32);
         timestamp(&mut ts);
-        let mut o = Vec::with_capacity(512);
         let strings = [
             ("timestamp", ts.as_str()),
             ("level", "INFO"),
@@ -117,7 +158,7 @@ impl Line<'_> {
             o.push(if i == 0 { b'{' } else { b',' });
             let _ = write!(o, "\"{k}\":");
             // serde_json escapes what clients send (the path).
-            let _ = serde_json::to_writer(&mut o, v);
+            let _ = serde_json::to_writer(&mut *o, v);
         }
         // "plugins": {"auth": "continue", ...} in chain order.
         o.extend_from_slice(b",\"plugins\":{");
@@ -125,7 +166,7 @@ impl Line<'_> {
             if i > 0 {
                 o.push(b',');
             }
-            let _ = serde_json::to_writer(&mut o, name);
+            let _ = serde_json::to_writer(&mut *o, name);
             let _ = write!(o, ":\"{}\"", outcome.as_str());
         }
         o.push(b'}');
@@ -139,12 +180,13 @@ impl Line<'_> {
             ms(self.plugin_time),
             self.answered_by_plugin
         );
-        o
     }
 
-    fn text(&self) -> String {
-        let mut o = String::with_capacity(384);
-        timestamp(&mut o);
+    fn text(&self, o: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let mut ts = String::with_capacity(32);
+        timestamp(&mut ts);
+        o.extend_from_slice(ts.as_bytes());
         let _ = writeln!(
             o,
             "  INFO wasmgate::access: access request_id={} trace_id={} client={} method={} path={:?} route={} status={} duration_ms={:.3} upstream={} upstream_target={} attempts={} upstream_ms={:.3} plugins_ms={:.3} answered_by_plugin={} plugins={} error={}",
@@ -165,20 +207,29 @@ impl Line<'_> {
             PluginList(self.plugins),
             self.error
         );
-        o
     }
 
     /// Writes the line to the sink, or emits it as a `tracing` event when there is none.
     pub(crate) fn emit(&self) {
         match SINK.get() {
-            Some(sink) => {
-                let line = if sink.json {
-                    self.json()
+            Some(sink) => SCRATCH.with_borrow_mut(|line| {
+                line.clear();
+                if sink.json {
+                    self.json(line);
                 } else {
-                    self.text().into_bytes()
+                    self.text(line);
+                }
+                let full = {
+                    let mut batch = sink.batch.lock().unwrap_or_else(|e| e.into_inner());
+                    batch.extend_from_slice(line);
+                    (batch.len() >= BATCH_BYTES).then(|| {
+                        std::mem::replace(&mut *batch, Vec::with_capacity(2 * BATCH_BYTES))
+                    })
                 };
-                (sink.writer)(&line);
-            }
+                if let Some(full) = full {
+                    (sink.writer)(&full);
+                }
+            }),
             None => tracing::info!(
                 target: "wasmgate::access",
                 request_id = self.request_id,
@@ -227,7 +278,9 @@ mod tests {
             plugins: &Default::default(),
             error: "",
         };
-        let v: serde_json::Value = serde_json::from_slice(&line.json()).unwrap();
+        let mut out = Vec::new();
+        line.json(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["path"], "/v1/\"odd\"\\path\u{1}");
         assert_eq!(v["status"], 200);
         assert_eq!(v["duration_ms"], 1.5);
