@@ -80,10 +80,12 @@ fn main() -> ExitCode {
     }
     let loader = ConfigLoader::new(cli.config.clone());
     if let Some(Command::Healthcheck(args)) = cli.command {
-        // The port comes from the configuration when it loads; the probe must answer even
+        // The address comes from the configuration when it loads; the probe must answer even
         // when it does not (the running gateway keeps its old config).
-        let port = loader.load().map_or(3000, |c| c.server.port);
-        return report("healthcheck", probe::run(args, port));
+        let (host, port) = loader.load().map_or(("127.0.0.1".into(), 3000), |c| {
+            (c.server.host, c.server.port)
+        });
+        return report("healthcheck", probe::run(args, &host, port));
     }
     let config = match loader.load() {
         Ok(c) => c,

@@ -6,8 +6,10 @@ use std::time::Duration;
 /// `wasmgate healthcheck` options.
 #[derive(Debug, clap::Args)]
 pub struct HealthcheckArgs {
-    /// The URL to ask (default: `http://127.0.0.1:{server.port}/gateway/health/live`, the port
-    /// read from the configuration: `--config` or the ACIP `.env` names).
+    /// The URL to ask (default: `http://{server.host}:{server.port}/gateway/health/live` from
+    /// the configuration, `--config` or the ACIP `.env` names; 127.0.0.1 when the gateway
+    /// listens on every address). A gateway listening with TLS needs `--url` to a plain
+    /// listener: this probe speaks cleartext HTTP only.
     #[arg(long)]
     url: Option<String>,
     /// Give up after this many milliseconds.
@@ -15,11 +17,16 @@ pub struct HealthcheckArgs {
     timeout_ms: u64,
 }
 
-pub fn run(args: HealthcheckArgs, port: u16) -> anyhow::Result<()> {
+pub fn run(args: HealthcheckArgs, host: &str, port: u16) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
+    let host = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => host.to_string(),
+    };
     let url = args
         .url
-        .unwrap_or_else(|| format!("http://127.0.0.1:{port}/gateway/health/live"));
+        .unwrap_or_else(|| format!("http://{host}:{port}/gateway/health/live"));
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| anyhow::anyhow!("{url}: not a URL ({e})"))?;

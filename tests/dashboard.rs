@@ -99,6 +99,8 @@ async fn the_dashboard_renders_routes_targets_plugins_and_workers_in_chromium() 
         .config(|c| {
             c.admin.token = Some(Secret::new(ADMIN));
             c.metrics.token = Some(Secret::new("scrape-only"));
+            // The page reads the metrics where this gateway serves them.
+            c.metrics.path = "/internal/metrics".into();
             c.router.health_check_interval_ms = 100;
             let u = c.upstreams.get_mut("llm").unwrap();
             u.health_check.path = Some("/health".into());

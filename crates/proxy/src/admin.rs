@@ -65,7 +65,14 @@ pub(crate) async fn local<B>(
                     request_id_str(request_id),
                 ));
             }
-            let mut resp = Response::new(full(Bytes::from_static(UI_HTML.as_bytes())));
+            // The page reads the metrics where this gateway serves them (`null`: metrics off).
+            let m = &gw.snapshot().config.metrics;
+            let metrics_path = match m.enabled {
+                true => serde_json::to_string(&m.path).unwrap_or_default(),
+                false => "null".into(),
+            };
+            let page = UI_HTML.replace("\"__METRICS_PATH__\"", &metrics_path);
+            let mut resp = Response::new(full(Bytes::from(page)));
             let h = resp.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
