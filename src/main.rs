@@ -276,8 +276,11 @@ fn run(loader: ConfigLoader, config: wasmgate_config::Config) -> anyhow::Result<
         );
         reload::spawn(loader, gateway.clone())?;
         server.run(wasmgate_proxy::shutdown_signal()).await;
-        // The access lines still batched (the log guard then drains the writer).
+        // The access lines still batched (the log guard then drains the writer), and the
+        // spans not yet exported.
         wasmgate_proxy::access::flush();
+        let g = gateway.clone();
+        let _ = tokio::task::spawn_blocking(move || g.shutdown_telemetry()).await;
         tracing::info!("wasmgate stopped");
         Ok(())
     })

@@ -244,6 +244,12 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
             }
         }
     }
+    if c.otel.enabled && c.otel.otlp_endpoint.is_none() && c.otel.zipkin_endpoint.is_none() {
+        return err(
+            "otel.enabled".into(),
+            "needs otel.otlp_endpoint (OTEL_EXPORTER_OTLP_ENDPOINT) or otel.zipkin_endpoint (OTEL_ZIPKIN_ENDPOINT)".into(),
+        );
+    }
     if !c.auth.token_hash_format.contains("{token}") {
         return err(
             "auth.token_hash_format".into(),
@@ -384,6 +390,14 @@ mod tests {
         let mut c = base();
         c.otel.sampling_ratio = 1.5;
         assert!(check(&c).contains("otel.sampling_ratio"));
+        let mut c = base();
+        c.otel.enabled = true;
+        assert!(
+            check(&c).contains("otel.enabled"),
+            "tracing on with nowhere to send"
+        );
+        c.otel.zipkin_endpoint = Some("http://zipkin:9411/api/v2/spans".into());
+        assert_eq!(check(&c), "");
     }
 
     #[test]

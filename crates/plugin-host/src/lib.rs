@@ -40,7 +40,7 @@ pub use host::{RequestState, TargetView, UpstreamView};
 pub use plugin::{CallFailure, LoadedPlugin, PluginSource, PluginState};
 pub use runtime::{PluginChain, PluginRuntime, Refusal};
 pub use services::HostServices;
-pub use session::{Decision, Outcome, PluginFailure, PluginOutcomes, RequestSession};
+pub use session::{CallTiming, Decision, Outcome, PluginFailure, PluginOutcomes, RequestSession};
 pub use settings::{FailPolicy, PluginSettings};
 pub use wasmgate_state::{self as state, MemoryStore, Store};
 

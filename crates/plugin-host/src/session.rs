@@ -68,14 +68,42 @@ impl Outcome {
     }
 }
 
-/// Each plugin of a request's chain with what it did (the ones that ran), in chain order.
+/// One plugin call, for traces.
+#[derive(Debug, Clone, Copy)]
+pub struct CallTiming {
+    /// The plugin's position in the chain.
+    pub plugin: usize,
+    /// The export: `on-request-headers`, `on-response-headers`...
+    pub phase: &'static str,
+    /// When the call started.
+    pub start: std::time::Instant,
+    /// How long it took (waiting on the store included).
+    pub duration: std::time::Duration,
+    /// It failed (a trap or a budget kill).
+    pub failed: bool,
+}
+
+/// Each plugin of a request's chain with what it did (the ones that ran), in chain order,
+/// and, when asked for ([`RequestSession::time_calls`]), every call's timing.
 #[derive(Debug, Clone, Default)]
 pub struct PluginOutcomes {
     plugins: Option<PluginList>,
     outcomes: Vec<Outcome>,
+    /// The calls, in the order they were made.
+    pub calls: Vec<CallTiming>,
+    /// Ask the session to time its calls (the request is traced).
+    pub timed: bool,
 }
 
 impl PluginOutcomes {
+    /// The name of the plugin at chain position `i`.
+    pub fn plugin_name(&self, i: usize) -> &str {
+        self.plugins
+            .as_ref()
+            .and_then(|p| p.get(i))
+            .map_or("", |p| p.name.as_str())
+    }
+
     /// `(plugin name, outcome)` for every plugin that was called or skipped.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Outcome)> {
         self.plugins
@@ -118,6 +146,8 @@ pub struct RequestSession {
     logging: bool,
     /// The request as plugins see and change it.
     pub state: Box<RequestState>,
+    /// Every call's timing, kept while tracing samples the request.
+    calls: Option<Vec<CallTiming>>,
 }
 
 impl std::fmt::Debug for RequestSession {
@@ -137,7 +167,13 @@ impl RequestSession {
             slots,
             logging: false,
             state,
+            calls: None,
         }
+    }
+
+    /// Keep every call's timing from now on (for the request's trace).
+    pub fn time_calls(&mut self) {
+        self.calls.get_or_insert_with(Vec::new);
     }
 
     fn wants(&self, phase: impl Fn(&LoadedPlugin) -> bool) -> bool {
@@ -171,6 +207,8 @@ impl RequestSession {
         PluginOutcomes {
             plugins: Some(self.plugins.clone()),
             outcomes: self.slots.iter().map(|s| s.outcome).collect(),
+            calls: self.calls.clone().unwrap_or_default(),
+            timed: self.calls.is_some(),
         }
     }
 
@@ -182,7 +220,9 @@ impl RequestSession {
                 continue;
             }
             let action = self
-                .run(i, async |b, s| b.call_on_request_headers(s).await)
+                .run(i, "on-request-headers", async |b, s| {
+                    b.call_on_request_headers(s).await
+                })
                 .await?;
             self.release_if_done(i);
             match action {
@@ -214,7 +254,7 @@ impl RequestSession {
                 continue;
             }
             let answer = self
-                .run(i, async |b, s| {
+                .run(i, "on-request-body", async |b, s| {
                     b.call_on_request_body(s, chunk, end_of_stream).await
                 })
                 .await?;
@@ -243,7 +283,9 @@ impl RequestSession {
                 continue;
             }
             if let Err(e) = self
-                .run(i, async |b, s| b.call_on_response_headers(s).await)
+                .run(i, "on-response-headers", async |b, s| {
+                    b.call_on_response_headers(s).await
+                })
                 .await
             {
                 result = Err(e);
@@ -267,7 +309,7 @@ impl RequestSession {
                 continue;
             }
             let out = self
-                .run(i, async |b, s| {
+                .run(i, "on-response-body", async |b, s| {
                     b.call_on_response_body(s, &chunk, end_of_stream).await
                 })
                 .await?;
@@ -309,6 +351,7 @@ impl RequestSession {
     async fn run<T>(
         &mut self,
         i: usize,
+        phase: &'static str,
         export: impl AsyncFnOnce(&GatewayPlugin, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<Option<T>, PluginFailure> {
         if !self.ready(i).await? {
@@ -320,7 +363,17 @@ impl RequestSession {
             .as_mut()
             .and_then(|c| c.inst.as_mut())
             .expect("ready");
+        let start = std::time::Instant::now();
         let result = plugin.call_with_state(inst, &mut self.state, export).await;
+        if let Some(calls) = self.calls.as_mut() {
+            calls.push(CallTiming {
+                plugin: i,
+                phase,
+                start,
+                duration: start.elapsed(),
+                failed: result.is_err(),
+            });
+        }
         if std::mem::take(&mut self.state.skip_response_body) {
             slot.no_response_body = true;
         }
@@ -344,7 +397,9 @@ impl RequestSession {
         self.logging = true;
         for i in 0..self.plugins.len() {
             if self.plugins[i].phases.log && self.slots[i].callable() {
-                let _ = self.run(i, async |b, s| b.call_on_log(s).await).await;
+                let _ = self
+                    .run(i, "on-log", async |b, s| b.call_on_log(s).await)
+                    .await;
             }
         }
         self.return_instances();
@@ -415,6 +470,7 @@ impl Drop for RequestSession {
                     slots: std::mem::take(&mut self.slots),
                     logging: true,
                     state: std::mem::take(&mut self.state),
+                    calls: None,
                 };
                 handle.spawn(session.finish());
                 return;

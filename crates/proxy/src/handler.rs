@@ -63,6 +63,22 @@ where
         .access_log
         .then(|| req.uri().path().to_owned());
     let mut info = AccessInfo::default();
+    let traced_path = match &gw.inner.otel {
+        Some(otel) => {
+            let incoming = req
+                .headers()
+                .get(&TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceParent::parse);
+            let clock = (started.into_std(), std::time::SystemTime::now());
+            info.trace = otel
+                .request_span(incoming, method.as_str(), clock.1)
+                .map(|cx| (cx, clock));
+            info.plugins.timed = info.trace.is_some();
+            info.trace.as_ref().map(|_| req.uri().path().to_owned())
+        }
+        None => None,
+    };
     let mut error = None;
     let resp = match proxy(gw, &snap, metrics, req, conn, &request_id, &mut info).await {
         Ok(resp) => resp,
@@ -75,6 +91,9 @@ where
     let status = resp.status().as_u16();
     if let Some(m) = metrics {
         m.answered(info.route.as_ref(), &method, status, took);
+    }
+    if let (Some(otel), Some(path)) = (&gw.inner.otel, traced_path) {
+        finish_trace(otel, &mut info, &method, &path, status, error);
     }
     if let Some(path) = path {
         crate::access::Line {
@@ -112,18 +131,98 @@ pub(crate) struct AccessInfo {
     plugin_time: Option<std::time::Duration>,
     answered_by_plugin: bool,
     trace_id: Option<u128>,
-    /// Each plugin's outcome, recorded only while the access log is on.
+    /// Each plugin's outcome (and, when traced, each call), recorded only while the access
+    /// log is on or the request is traced.
     plugins: wasmgate_plugin_host::PluginOutcomes,
+    /// The request's server span and the clock pair its times are read with, when sampled.
+    trace: Option<(
+        opentelemetry::Context,
+        (std::time::Instant, std::time::SystemTime),
+    )>,
+    /// The upstream call's client span.
+    upstream_trace: Option<opentelemetry::Context>,
 }
 
 impl AccessInfo {
-    /// Where a session records what its plugins did: `None` (no work) with the log off.
+    /// Where a session records what its plugins did: `None` (no work) with the log off and
+    /// the request not traced.
     fn record<'a>(
         &'a mut self,
         snap: &Snapshot,
     ) -> Option<&'a mut wasmgate_plugin_host::PluginOutcomes> {
-        snap.config.log.access_log.then_some(&mut self.plugins)
+        (snap.config.log.access_log || self.trace.is_some()).then_some(&mut self.plugins)
     }
+}
+
+/// Ends a traced request's spans: one per plugin call (from the session's timings), the
+/// upstream call's, and the request's, with the HTTP and GenAI attributes.
+fn finish_trace(
+    otel: &crate::otel::Otel,
+    info: &mut AccessInfo,
+    method: &http::Method,
+    path: &str,
+    status: u16,
+    error: Option<&'static str>,
+) {
+    use opentelemetry::trace::{Status, TraceContextExt};
+    use opentelemetry::KeyValue;
+    let Some((cx, clock)) = info.trace.take() else {
+        return;
+    };
+    for call in &info.plugins.calls {
+        let name = info.plugins.plugin_name(call.plugin).to_owned();
+        let start = crate::otel::wall(call.start, clock);
+        otel.plugin_span(
+            &cx,
+            format!("plugin {name} {}", call.phase),
+            vec![
+                KeyValue::new("wasmgate.plugin.name", name),
+                KeyValue::new("wasmgate.plugin.phase", call.phase),
+                KeyValue::new("wasmgate.plugin.failed", call.failed),
+            ],
+            start,
+            start + call.duration,
+        );
+    }
+    if let Some(up) = info.upstream_trace.take() {
+        let span = up.span();
+        if let Some(target) = &info.target {
+            span.set_attribute(KeyValue::new("server.address", target.host().to_owned()));
+            if let Some(port) = target.port_u16() {
+                span.set_attribute(KeyValue::new("server.port", i64::from(port)));
+            }
+        }
+        span.set_attribute(KeyValue::new("http.request.method", method.to_string()));
+        span.set_attribute(KeyValue::new("wasmgate.attempts", i64::from(info.attempts)));
+        match info.upstream_time {
+            Some(_) => span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            )),
+            None => span.set_status(Status::error(error.unwrap_or("upstream_error"))),
+        }
+        span.end();
+    }
+    let span = cx.span();
+    let route = info.route.as_deref().unwrap_or("");
+    span.update_name(format!("{method} {route}").trim_end().to_owned());
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", method.to_string()),
+        KeyValue::new("url.path", path.to_owned()),
+        KeyValue::new("http.route", route.to_owned()),
+        KeyValue::new("http.response.status_code", i64::from(status)),
+    ];
+    if let Some(code) = error {
+        attributes.push(KeyValue::new("error.type", code));
+    }
+    if let Some(op) = crate::otel::genai_operation(path) {
+        attributes.push(KeyValue::new("gen_ai.operation.name", op));
+    }
+    span.set_attributes(attributes);
+    if status >= 500 {
+        span.set_status(Status::error(error.unwrap_or("server error")));
+    }
+    span.end();
 }
 
 static GATEWAY_ROUTE: std::sync::LazyLock<Arc<str>> =
@@ -275,7 +374,24 @@ where
         h.insert(name.clone(), value.clone());
     }
     h.insert(X_REQUEST_ID, request_id.clone());
-    let trace = TraceParent::continue_or_start(h.get(&TRACEPARENT).and_then(|v| v.to_str().ok()));
+    // Traced: the backend's parent is the upstream call's client span.
+    let trace = match (&gw.inner.otel, &info.trace) {
+        (Some(otel), Some((cx, _))) => {
+            let up = otel.upstream_span(cx, parts.method.as_str());
+            let tp = crate::otel::traceparent_of(&up);
+            info.upstream_trace = Some(up);
+            tp
+        }
+        (otel, _) => {
+            let mut tp =
+                TraceParent::continue_or_start(h.get(&TRACEPARENT).and_then(|v| v.to_str().ok()));
+            if otel.is_some() {
+                // Tracing decided not to sample it: say so downstream.
+                tp.flags &= !0x01;
+            }
+            tp
+        }
+    };
     h.insert(TRACEPARENT, trace.header_value());
     info.trace_id = Some(trace.trace_id);
     let client_uri = std::mem::take(&mut parts.uri);
@@ -506,6 +622,9 @@ async fn request_phase(
     }) else {
         return Ok(RequestPhase::NoPlugins);
     };
+    if record.as_ref().is_some_and(|r| r.timed) {
+        s.time_calls();
+    }
     let decision = s.request_headers().await;
     parts.headers = std::mem::take(&mut s.state.headers);
     if let Some(r) = record {

@@ -17,6 +17,7 @@ pub mod handler;
 pub mod headers;
 pub mod limit;
 pub mod metrics;
+pub mod otel;
 mod plugin_body;
 mod plugins;
 mod routes;

@@ -25,6 +25,9 @@ pub enum BuildError {
     /// A trusted proxy entry does not parse.
     #[error("forwarded.trusted_proxies: {0}")]
     TrustedProxy(String),
+    /// The trace exporters could not start.
+    #[error("{0}")]
+    Otel(String),
 }
 
 /// Everything a request needs from the configuration, built once per (re)load.
@@ -129,6 +132,8 @@ pub(crate) struct GatewayInner {
     pub in_flight: Option<Arc<InFlightLimit>>,
     pub started: Instant,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Trace export (`otel.*`, read at startup).
+    pub otel: Option<crate::otel::Otel>,
 }
 
 /// The gateway: the current snapshot plus process-wide state. Cheap to clone.
@@ -170,6 +175,7 @@ impl Gateway {
         services: Arc<wasmgate_plugin_host::HostServices>,
     ) -> Result<Gateway, BuildError> {
         let max = config.server.max_in_flight;
+        let otel = crate::otel::Otel::start(&config.otel).map_err(BuildError::Otel)?;
         let snapshot = Snapshot::build(config, None)?;
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
@@ -179,8 +185,17 @@ impl Gateway {
                 in_flight: (max > 0).then(|| InFlightLimit::new(max)),
                 started: Instant::now(),
                 metrics: Arc::new(crate::metrics::Metrics::new()),
+                otel,
             }),
         })
+    }
+
+    /// Exports the spans still batched and stops the trace exporters (at shutdown; blocks
+    /// while the last export runs).
+    pub fn shutdown_telemetry(&self) {
+        if let Some(otel) = &self.inner.otel {
+            otel.shutdown();
+        }
     }
 
     /// The snapshot requests use now.
