@@ -12,54 +12,40 @@ ensure_wasm_target() {
   fi
 }
 
-# The test kit starts its own redis-server on a free port; it needs the binary.
-ensure_redis_server() {
-  if command -v redis-server >/dev/null 2>&1; then
-    return
-  fi
+# Installs Debian package $1 with apt when running as root (the package lists refreshed only
+# when the install fails without it); otherwise prints $2, what to install by hand, and exits.
+apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "==> apt-get install redis-server"
+    echo "==> apt-get install $1"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    apt-get install -y -qq --no-install-recommends "$1" >/dev/null 2>&1 || {
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+    }
   else
-    echo "error: the tests need redis-server. Install it: sudo apt-get install redis-server (Debian/Ubuntu) or brew install redis (macOS)" >&2
+    echo "error: $2" >&2
     exit 1
   fi
+}
+
+# The test kit starts its own redis-server on a free port; it needs the binary.
+ensure_redis_server() {
+  command -v redis-server >/dev/null 2>&1 && return
+  apt_install redis-server "the tests need redis-server. Install it: sudo apt-get install redis-server (Debian/Ubuntu) or brew install redis (macOS)"
 }
 
 # tests/deploy.rs validates deploy/docker-compose.yml with Debian's docker-compose (no container
 # engine is needed for `config -q`).
 ensure_docker_compose() {
-  if command -v docker-compose >/dev/null 2>&1; then
-    return
-  fi
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "==> apt-get install docker-compose"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 || {
-      apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
-    }
-  else
-    echo "error: the tests need docker-compose to validate deploy/docker-compose.yml. Install it: sudo apt-get install docker-compose (Debian/Ubuntu) or pip install docker-compose" >&2
-    exit 1
-  fi
+  command -v docker-compose >/dev/null 2>&1 && return
+  apt_install docker-compose "the tests need docker-compose to validate deploy/docker-compose.yml. Install it: sudo apt-get install docker-compose (Debian/Ubuntu) or pip install docker-compose"
 }
 
 # tests/dashboard.rs renders /gateway/ui in Debian's Chromium, headless.
 ensure_chromium() {
-  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1; then
-    return
-  fi
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "==> apt-get install chromium"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || {
-      apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null
-    }
-  else
-    echo "error: the dashboard test needs Chromium. Install it: sudo apt-get install chromium (Debian) or chromium-browser (Ubuntu)" >&2
-    exit 1
-  fi
+  for b in chromium chromium-browser google-chrome; do
+    command -v "$b" >/dev/null 2>&1 && return
+  done
+  apt_install chromium "the dashboard test needs Chromium. Install it: sudo apt-get install chromium (Debian) or chromium-browser (Ubuntu)"
 }
 
 # The Python example plugin is built by a test with componentize-py (from PyPI).

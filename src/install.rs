@@ -49,8 +49,8 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
             std::env::current_exe().context("cannot tell where this binary is; pass --binary")?
         }
     };
-    let binary = absolute(&binary)?;
-    let config_path = absolute(&args.config_path)?;
+    let binary = std::path::absolute(&binary)?;
+    let config_path = std::path::absolute(&args.config_path)?;
     let config_dir = config_path
         .parent()
         .context("--config-path needs a folder")?
@@ -131,10 +131,6 @@ fn write_if_absent(path: &Path, contents: &str, mode: u32) -> std::io::Result<Ou
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Outcome::Kept),
         Err(e) => Err(e),
     }
-}
-
-fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
-    Ok(std::path::absolute(p)?)
 }
 
 /// 244 random bits from the OS generator (two v4 UUIDs), as 64 hex digits.

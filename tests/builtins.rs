@@ -141,16 +141,7 @@ async fn three_gateways_sharing_redis_let_exactly_the_limit_through() {
         );
     }
     let urls: Vec<String> = gateways.iter().map(|g| g.url("/v1/chat")).collect();
-    let c = client();
-    let calls = (0..90).map(|i| {
-        let (c, url) = (c.clone(), urls[i % 3].clone());
-        tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
-    });
-    let statuses: Vec<u16> = futures_util::future::join_all(calls)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let statuses = common::burst(90, |i| urls[i % 3].clone()).await;
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 20);
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 70);
     // The seeds' layout: one sorted set per client under gateway:ratelimit:.

@@ -240,37 +240,29 @@ async fn on_redis_entries_are_bounded_shared_by_replicas_and_purged_by_the_admin
     let r401 = c.post(a.url("/gateway/cache/purge")).send().await.unwrap();
     expect_error(r401, 401, "unauthorized").await;
 
+    // `POST url` with the admin token; the answer must be 200.
+    let purge = async |url: String| {
+        let r = c
+            .post(url)
+            .bearer_auth("admin-secret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<serde_json::Value>().await.unwrap()
+    };
     // From an empty cache, so that no random eviction (the index is at its bound) removes
     // one of the two entries before the purge does.
-    let all = c
-        .post(a.url("/gateway/cache/purge"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(all.status(), 200);
+    purge(a.url("/gateway/cache/purge")).await;
     verdict(a.url("/v1/models"), &lb).await;
     verdict(a.url("/v1/other"), &lb).await;
     assert_eq!(verdict(a.url("/v1/other"), &lb).await.0, "HIT");
-    let purged = c
-        .post(a.url("/gateway/cache/purge?prefix=%2Fv1%2Fmod"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(purged.status(), 200);
-    let body: serde_json::Value = purged.json().await.unwrap();
+    let body = purge(a.url("/gateway/cache/purge?prefix=%2Fv1%2Fmod")).await;
     assert_eq!(body["purged"], 1, "{body}");
     assert_eq!(verdict(b.url("/v1/models"), &lb).await.0, "MISS", "purged");
     assert_eq!(verdict(b.url("/v1/other"), &lb).await.0, "HIT", "kept");
 
-    let all = c
-        .post(b.url("/gateway/cache/purge"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(all.status(), 200);
+    purge(b.url("/gateway/cache/purge")).await;
     let size: u64 = r.scard("gateway:cache:keys").await.unwrap();
     assert_eq!(size, 0);
     assert_eq!(verdict(a.url("/v1/other"), &lb).await.0, "MISS");
@@ -298,20 +290,7 @@ async fn a_streamed_completion_is_not_passed_through_the_cache_chunk_by_chunk() 
         .await;
     let gw = gateway().upstream(&up).config(cached).spawn().await;
     let calls = || async {
-        let list: serde_json::Value = client()
-            .get(gw.url("/gateway/plugins"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        list["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "cache")
-            .unwrap()["calls"]
+        common::plugin_entry(gw.url("/gateway/plugins"), "cache").await["calls"]
             .as_u64()
             .unwrap()
     };
@@ -362,13 +341,7 @@ async fn a_client_hanging_up_mid_store_does_not_break_the_next_request() {
     assert_eq!(v, "MISS");
     assert_eq!(b.len(), body.len());
     assert_eq!(verdict(gw.url("/big/last"), &[]).await.0, "HIT");
-    let list = common::json(c.get(gw.url("/gateway/plugins"))).await;
-    let cache = list["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "cache")
-        .unwrap();
+    let cache = common::plugin_entry(gw.url("/gateway/plugins"), "cache").await;
     assert_eq!(cache["traps"], 0, "{cache}");
     assert_eq!(cache["state"], "active");
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, tempdir, wasmgate_command, GatewayProcess};
+use common::{client, spawn_with_file, tempdir, wasmgate_check, wasmgate_command, GatewayProcess};
 use wasmgate_testkit::upstream;
 
 fn config_with(route_prefixes: &[(&str, &str)]) -> String {
@@ -17,22 +17,12 @@ fn config_with(route_prefixes: &[(&str, &str)]) -> String {
     s
 }
 
-fn spawn_with_file(dir: &std::path::Path, file: &std::path::Path) -> GatewayProcess {
-    let mut cmd = wasmgate_command(dir);
-    cmd.arg("--config").arg(file);
-    GatewayProcess::spawn(cmd)
-}
-
 #[test]
 fn check_accepts_a_valid_file_and_names_key_and_file_otherwise() {
     let dir = tempdir("check");
     let good = dir.join("good.toml");
     std::fs::write(&good, config_with(&[("/", "http://127.0.0.1:9")])).unwrap();
-    let out = wasmgate_command(&dir)
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = wasmgate_check(&good, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -46,11 +36,7 @@ fn check_accepts_a_valid_file_and_names_key_and_file_otherwise() {
         config_with(&[("/", "http://127.0.0.1:9")]).replace("[log]", "[log]\nlevl = \"x\""),
     )
     .unwrap();
-    let out = wasmgate_command(&dir)
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = wasmgate_check(&bad, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -80,11 +66,7 @@ fn check_accepts_a_valid_file_and_names_key_and_file_otherwise() {
 #[test]
 fn the_shipped_example_config_is_valid() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/wasmgate.toml");
-    let out = wasmgate_command(&tempdir("example"))
-        .args(["check", "--config"])
-        .arg(&example)
-        .output()
-        .unwrap();
+    let out = wasmgate_check(&example, &[]);
     assert!(
         out.status.success(),
         "{}",

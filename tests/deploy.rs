@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{tempdir, wasmgate_command, GatewayProcess};
+use common::{spawn_with_file, tempdir, wasmgate_check, wasmgate_command};
 use serde_json::Value;
 
 fn repo(path: &str) -> PathBuf {
@@ -30,18 +30,25 @@ fn acip_names() -> Vec<&'static str> {
 
 /// `wasmgate check --config FILE` with `env`; panics with the reason when it fails.
 fn check(file: &Path, env: &[(&str, &str)]) {
-    let mut cmd = wasmgate_command(file.parent().unwrap());
-    cmd.args(["check", "--config"]).arg(file);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
+    let out = wasmgate_check(file, env);
     assert!(
         out.status.success(),
         "{}: {}",
         file.display(),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `wasmgate install` (run in `cwd`) writing the unit into `units` and the config at `config`.
+fn install(cwd: &Path, units: &Path, config: &Path) -> std::process::Output {
+    wasmgate_command(cwd)
+        .arg("install")
+        .arg("--unit-dir")
+        .arg(units)
+        .arg("--config-path")
+        .arg(config)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -134,13 +141,10 @@ fn kubernetes_manifests_probe_the_gateway_and_outlast_its_shutdown_grace() {
     let env = wasmgate_config::MapEnv::from_pairs(secrets);
     let config = wasmgate_config::load_file(&config_file, &env).unwrap();
     // ...and refused without REDIS_URL (replicas must share state), naming the variable.
-    let out = wasmgate_command(&repo(k))
-        .args(["check", "--config"])
-        .arg(&config_file)
-        .env("GATEWAY_ADMIN_TOKEN", "t")
-        .env("WASMGATE_API_KEY", "k")
-        .output()
-        .unwrap();
+    let out = wasmgate_check(
+        &config_file,
+        &[("GATEWAY_ADMIN_TOKEN", "t"), ("WASMGATE_API_KEY", "k")],
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("REDIS_URL"));
 
     // Probes hit the gateway's own endpoints on the port the config listens on.
@@ -271,11 +275,6 @@ fn kubernetes_manifests_probe_the_gateway_and_outlast_its_shutdown_grace() {
     }
 }
 
-#[test]
-fn the_shipped_configs_pass_check() {
-    check(&repo("deploy/wasmgate.toml"), &[]);
-}
-
 fn env_file(path: &Path) -> BTreeMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -292,15 +291,8 @@ fn install_writes_the_unit_and_a_default_config_and_never_overwrites_the_operato
     let root = tempdir("install");
     let units = root.join("systemd");
     let config = root.join("etc/wasmgate/wasmgate.toml");
-    let install = || {
-        let out = wasmgate_command(&root)
-            .arg("install")
-            .arg("--unit-dir")
-            .arg(&units)
-            .arg("--config-path")
-            .arg(&config)
-            .output()
-            .unwrap();
+    let install_ok = || {
+        let out = install(&root, &units, &config);
         assert!(
             out.status.success(),
             "{}",
@@ -308,7 +300,7 @@ fn install_writes_the_unit_and_a_default_config_and_never_overwrites_the_operato
         );
         String::from_utf8(out.stdout).unwrap()
     };
-    let first = install();
+    let first = install_ok();
     assert!(
         first.contains("systemctl enable --now wasmgate"),
         "prints the next step: {first}"
@@ -362,7 +354,7 @@ fn install_writes_the_unit_and_a_default_config_and_never_overwrites_the_operato
 
     // Running it again keeps the operator's edits and secrets; the unit is unchanged.
     std::fs::write(&config, "# edited by the operator\n").unwrap();
-    let second = install();
+    let second = install_ok();
     assert!(
         second.contains(&format!("kept (exists) {}", config.display())),
         "{second}"
@@ -376,14 +368,7 @@ fn install_writes_the_unit_and_a_default_config_and_never_overwrites_the_operato
 
     // Another install elsewhere gets other secrets.
     let other = tempdir("install-other");
-    let out = wasmgate_command(&other)
-        .arg("install")
-        .arg("--unit-dir")
-        .arg(other.join("systemd"))
-        .arg("--config-path")
-        .arg(other.join("wasmgate.toml"))
-        .output()
-        .unwrap();
+    let out = install(&other, &other.join("systemd"), &other.join("wasmgate.toml"));
     assert!(out.status.success());
     assert_ne!(
         env_file(&other.join("wasmgate.env"))["GATEWAY_ADMIN_TOKEN"],
@@ -393,14 +378,7 @@ fn install_writes_the_unit_and_a_default_config_and_never_overwrites_the_operato
     // A folder it may not write is refused with the reason.
     let ro = tempdir("install-ro");
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
-    let out = wasmgate_command(&ro)
-        .arg("install")
-        .arg("--unit-dir")
-        .arg(ro.join("systemd"))
-        .arg("--config-path")
-        .arg(ro.join("wasmgate.toml"))
-        .output()
-        .unwrap();
+    let out = install(&ro, &ro.join("systemd"), &ro.join("wasmgate.toml"));
     // Root ignores directory permissions (the folder's owner is who runs the test); everyone
     // else gets the reason.
     let is_root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&root).unwrap()) == 0;
@@ -430,9 +408,7 @@ async fn healthcheck_passes_on_a_live_gateway_and_fails_on_an_unhealthy_or_absen
         ),
     )
     .unwrap();
-    let mut cmd = wasmgate_command(&dir);
-    cmd.arg("--config").arg(&file);
-    let gw = GatewayProcess::spawn(cmd);
+    let gw = spawn_with_file(&dir, &file);
     let probe = |url: String| {
         let out = wasmgate_command(&dir)
             .args(["healthcheck", "--url", &url, "--timeout-ms", "2000"])
@@ -457,11 +433,7 @@ async fn healthcheck_passes_on_a_live_gateway_and_fails_on_an_unhealthy_or_absen
     assert_eq!(code, Some(1), "nothing listening: {out}");
 
     // With no --url, the port comes from the configuration.
-    let live = GatewayProcess::spawn({
-        let mut c = wasmgate_command(&dir);
-        c.arg("--config").arg(&file);
-        c
-    });
+    let live = spawn_with_file(&dir, &file);
     let fixed = dir.join("fixed.toml");
     std::fs::write(
         &fixed,

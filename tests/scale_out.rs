@@ -151,16 +151,7 @@ async fn three_replicas_share_limits_and_cache_and_survive_losing_one() {
     .await;
 
     // The global limit holds exactly: 150 concurrent calls spread over the three, limit 30.
-    let c = client();
-    let calls = (0..150).map(|i| {
-        let (c, url) = (c.clone(), format!("{}/limited/x", urls[i % 3]));
-        tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
-    });
-    let statuses: Vec<u16> = futures_util::future::join_all(calls)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let statuses = common::burst(150, |i| format!("{}/limited/x", urls[i % 3])).await;
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         30,
@@ -170,6 +161,7 @@ async fn three_replicas_share_limits_and_cache_and_survive_losing_one() {
 
     // A response cached by one replica is a hit on the other two. The cache key has the host:
     // behind a load balancer every replica sees the public one.
+    let c = client();
     let public = |url: String| c.get(url).header("host", "api.example.com");
     let cache_of = |r: &reqwest::Response| {
         r.headers()

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{client, echoed_header, eventually};
+use common::{client, echoed_header, eventually, json};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
@@ -126,16 +126,12 @@ async fn spans_reach_otlp_and_zipkin_collectors_with_the_trace_continued() {
 
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let echo: serde_json::Value = c
-        .post(gw.url("/v1/chat/completions"))
-        .header("traceparent", format!("00-{trace}-{caller_span}-01"))
-        .body(r#"{"model":"m","messages":[]}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = json(
+        c.post(gw.url("/v1/chat/completions"))
+            .header("traceparent", format!("00-{trace}-{caller_span}-01"))
+            .body(r#"{"model":"m","messages":[]}"#),
+    )
+    .await;
     let sent = echoed_header(&echo, "traceparent").expect("traceparent upstream");
     let parts: Vec<&str> = sent.split('-').collect();
     assert_eq!(parts[1], trace, "the same trace upstream");
@@ -256,14 +252,7 @@ async fn a_zero_sampling_ratio_exports_no_new_trace_but_follows_sampled_callers(
         .await;
     let c = client();
     for _ in 0..5 {
-        let echo: serde_json::Value = c
-            .get(gw.url("/a"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let echo = json(c.get(gw.url("/a"))).await;
         let sent = echoed_header(&echo, "traceparent").unwrap();
         assert!(
             sent.ends_with("-00"),

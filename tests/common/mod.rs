@@ -185,6 +185,23 @@ pub fn wasmgate_command(cwd: &std::path::Path) -> std::process::Command {
     cmd
 }
 
+/// Starts `wasmgate --config FILE` in `dir`.
+pub fn spawn_with_file(dir: &Path, file: &Path) -> GatewayProcess {
+    let mut cmd = wasmgate_command(dir);
+    cmd.arg("--config").arg(file);
+    GatewayProcess::spawn(cmd)
+}
+
+/// `wasmgate check --config FILE` (run in the file's folder) with `env` set.
+pub fn wasmgate_check(file: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = wasmgate_command(file.parent().unwrap());
+    cmd.args(["check", "--config"]).arg(file);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
 /// A fresh temporary directory.
 pub fn tempdir(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("wasmgate-{tag}-{}", uuid::Uuid::new_v4()));
@@ -195,6 +212,32 @@ pub fn tempdir(tag: &str) -> std::path::PathBuf {
 /// Sends a request and parses the JSON answer (the upstream echo, or a gateway endpoint).
 pub async fn json(req: reqwest::RequestBuilder) -> Value {
     req.send().await.unwrap().json().await.unwrap()
+}
+
+/// The `GET /gateway/plugins` entry of plugin `name` (`plugins_url` is that endpoint).
+pub async fn plugin_entry(plugins_url: String, name: &str) -> Value {
+    let list = json(client().get(plugins_url)).await;
+    list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no plugin {name}: {list}"))
+        .clone()
+}
+
+/// Sends `n` GETs at once, the `i`-th to `url(i)`, and returns their statuses in order.
+pub async fn burst(n: usize, url: impl Fn(usize) -> String) -> Vec<u16> {
+    let c = client();
+    let calls = (0..n).map(|i| {
+        let (c, url) = (c.clone(), url(i));
+        tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
 }
 
 /// Sends a request and returns the answer's body as text.

@@ -45,7 +45,7 @@ pub enum Outcome {
     Routed,
     /// Answered the request itself (a refusal, a cache hit, a preflight...).
     Answered,
-    /// Not active, or not serving this tenant.
+    /// Not active (disabled, or failed to start): skipped for the rest of the request.
     Skipped,
     /// Failed and was skipped for the rest of the request (fail-open).
     FailedOpen,
@@ -104,7 +104,8 @@ impl PluginOutcomes {
             .map_or("", |p| p.name.as_str())
     }
 
-    /// `(plugin name, outcome)` for every plugin that was called or skipped.
+    /// `(plugin name, outcome)` for every plugin that was called or skipped (a plugin that does
+    /// not serve the request's tenant is left out, as one not on the route is).
     pub fn iter(&self) -> impl Iterator<Item = (&str, Outcome)> {
         self.plugins
             .iter()
@@ -116,6 +117,11 @@ impl PluginOutcomes {
 }
 
 impl Slot {
+    /// Skipped for the rest of the request: inactive, or failed open.
+    fn skipped(&self) -> bool {
+        matches!(self.outcome, Outcome::Skipped | Outcome::FailedOpen)
+    }
+
     /// Holds an instance that can take a call: not one whose call was dropped mid-way (a
     /// client that went away), which is retired when the session ends.
     fn callable(&self) -> bool {
@@ -130,9 +136,8 @@ impl Slot {
 #[derive(Default)]
 struct Slot {
     checkout: Option<Checkout>,
+    /// What the plugin did; [`Slot::skipped`] follows from it.
     outcome: Outcome,
-    /// Failed open (or inactive) earlier in this request: skip its later phases.
-    skipped: bool,
     /// The plugin asked not to see this response's body (`skip-response-body`).
     no_response_body: bool,
 }
@@ -180,7 +185,7 @@ impl RequestSession {
         self.plugins
             .iter()
             .zip(&self.slots)
-            .any(|(p, s)| phase(p) && !s.skipped)
+            .any(|(p, s)| phase(p) && !s.skipped())
     }
 
     /// Whether a plugin implements `on-request-body`.
@@ -199,17 +204,20 @@ impl RequestSession {
         self.plugins
             .iter()
             .zip(&self.slots)
-            .any(|(p, s)| p.phases.response_body && !s.skipped && !s.no_response_body)
+            .any(|(p, s)| p.phases.response_body && !s.skipped() && !s.no_response_body)
     }
 
-    /// What each plugin did so far (for the access log).
-    pub fn outcomes(&self) -> PluginOutcomes {
-        PluginOutcomes {
-            plugins: Some(self.plugins.clone()),
-            outcomes: self.slots.iter().map(|s| s.outcome).collect(),
-            calls: self.calls.clone().unwrap_or_default(),
-            timed: self.calls.is_some(),
+    /// Writes what each plugin did so far into `out` (for the access log and the trace),
+    /// reusing its buffers: the request and response phases both record into one.
+    pub fn record_outcomes(&self, out: &mut PluginOutcomes) {
+        if out.plugins.is_none() {
+            out.plugins = Some(self.plugins.clone());
         }
+        out.outcomes.clear();
+        out.outcomes.extend(self.slots.iter().map(|s| s.outcome));
+        out.calls.clear();
+        out.calls
+            .extend_from_slice(self.calls.as_deref().unwrap_or_default());
     }
 
     /// Runs `on-request-headers` through the chain, in order.
@@ -325,18 +333,13 @@ impl RequestSession {
     async fn ready(&mut self, i: usize) -> Result<bool, PluginFailure> {
         let (plugin, slot) = (&self.plugins[i], &mut self.slots[i]);
         let tenant = self.state.tenant();
-        if slot.skipped {
-            return Ok(false);
-        }
-        if !plugin.settings.serves_tenant(tenant) {
-            slot.outcome = Outcome::Skipped;
+        if slot.skipped() || !plugin.settings.serves_tenant(tenant) {
             return Ok(false);
         }
         if slot.checkout.is_none() {
             match plugin.checkout(tenant).await {
                 Ok(c) => slot.checkout = Some(c),
                 Err(CallFailure::Inactive) => {
-                    slot.skipped = true;
                     slot.outcome = Outcome::Skipped;
                     return Ok(false);
                 }
@@ -363,9 +366,10 @@ impl RequestSession {
             .as_mut()
             .and_then(|c| c.inst.as_mut())
             .expect("ready");
-        let start = std::time::Instant::now();
+        // The clock is read only for a traced request.
+        let start = self.calls.is_some().then(std::time::Instant::now);
         let result = plugin.call_with_state(inst, &mut self.state, export).await;
-        if let Some(calls) = self.calls.as_mut() {
+        if let (Some(calls), Some(start)) = (self.calls.as_mut(), start) {
             calls.push(CallTiming {
                 plugin: i,
                 phase,
@@ -441,7 +445,6 @@ impl RequestSession {
 fn fail(plugin: &LoadedPlugin, slot: &mut Slot, failure: CallFailure) -> Result<(), PluginFailure> {
     match plugin.fail_policy() {
         FailPolicy::FailOpen => {
-            slot.skipped = true;
             slot.outcome = Outcome::FailedOpen;
             Ok(())
         }

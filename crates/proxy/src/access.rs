@@ -121,43 +121,63 @@ fn ms(d: Option<Duration>) -> f64 {
     d.map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
 }
 
-/// The time as the other log lines show it (`tracing-subscriber`'s RFC 3339 formatter).
-fn timestamp(out: &mut String) {
+/// `fmt::Write` over the line buffer, for the timestamp formatter.
+struct Utf8Buf<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Utf8Buf<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// The time as the other log lines show it (`tracing-subscriber`'s RFC 3339 formatter),
+/// written straight into the line.
+fn timestamp(out: &mut Vec<u8>) {
     use tracing_subscriber::fmt::time::FormatTime as _;
-    let _ = tracing_subscriber::fmt::time::SystemTime
-        .format_time(&mut tracing_subscriber::fmt::format::Writer::new(out));
+    let _ = tracing_subscriber::fmt::time::SystemTime.format_time(
+        &mut tracing_subscriber::fmt::format::Writer::new(&mut Utf8Buf(out)),
+    );
+}
+
+/// The trace id as 32 hex digits (empty when there is none).
+struct TraceHex(Option<u128>);
+
+impl std::fmt::Display for TraceHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(t) => write!(f, "{t:032x}"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Line<'_> {
-    fn trace(&self) -> String {
-        self.trace_id
-            .map(|t| format!("{t:032x}"))
-            .unwrap_or_default()
-    }
-
+    /// The JSON line, written into `o` with no allocation of its own: the values clients
+    /// send (the path) are escaped by serde_json; the rest cannot need escaping.
     fn json(&self, o: &mut Vec<u8>) {
         use std::io::Write as _;
-        let mut ts = String::with_capacity(32);
-        timestamp(&mut ts);
-        let strings = [
-            ("timestamp", ts.as_str()),
-            ("level", "INFO"),
-            ("message", "access"),
-            ("target", "wasmgate::access"),
-            ("request_id", self.request_id),
-            ("trace_id", &self.trace()),
-            ("client", &self.client.to_string()),
+        o.extend_from_slice(b"{\"timestamp\":\"");
+        timestamp(o);
+        o.extend_from_slice(
+            b"\",\"level\":\"INFO\",\"message\":\"access\",\"target\":\"wasmgate::access\",\"request_id\":",
+        );
+        let _ = serde_json::to_writer(&mut *o, self.request_id);
+        let _ = write!(
+            o,
+            ",\"trace_id\":\"{}\",\"client\":\"{}\"",
+            TraceHex(self.trace_id),
+            self.client
+        );
+        for (k, v) in [
             ("method", self.method),
             ("path", self.path),
             ("route", self.route),
             ("upstream", self.upstream),
             ("upstream_target", self.upstream_target),
             ("error", self.error),
-        ];
-        for (i, (k, v)) in strings.into_iter().enumerate() {
-            o.push(if i == 0 { b'{' } else { b',' });
-            let _ = write!(o, "\"{k}\":");
-            // serde_json escapes what clients send (the path).
+        ] {
+            let _ = write!(o, ",\"{k}\":");
             let _ = serde_json::to_writer(&mut *o, v);
         }
         // "plugins": {"auth": "continue", ...} in chain order.
@@ -184,14 +204,12 @@ impl Line<'_> {
 
     fn text(&self, o: &mut Vec<u8>) {
         use std::io::Write as _;
-        let mut ts = String::with_capacity(32);
-        timestamp(&mut ts);
-        o.extend_from_slice(ts.as_bytes());
+        timestamp(o);
         let _ = writeln!(
             o,
             "  INFO wasmgate::access: access request_id={} trace_id={} client={} method={} path={:?} route={} status={} duration_ms={:.3} upstream={} upstream_target={} attempts={} upstream_ms={:.3} plugins_ms={:.3} answered_by_plugin={} plugins={} error={}",
             self.request_id,
-            self.trace(),
+            TraceHex(self.trace_id),
             self.client,
             self.method,
             self.path,
@@ -233,7 +251,7 @@ impl Line<'_> {
             None => tracing::info!(
                 target: "wasmgate::access",
                 request_id = self.request_id,
-                trace_id = %self.trace(),
+                trace_id = %TraceHex(self.trace_id),
                 client = %self.client,
                 method = self.method,
                 path = self.path,

@@ -57,28 +57,13 @@ where
     let snap = gw.snapshot();
     let metrics = snap.config.metrics.enabled.then_some(&*gw.inner.metrics);
     let method = req.method().clone();
-    let path = snap
-        .config
-        .log
-        .access_log
-        .then(|| req.uri().path().to_owned());
     let mut info = AccessInfo::default();
-    let traced_path = match &gw.inner.otel {
-        Some(otel) => {
-            let incoming = req
-                .headers()
-                .get(&TRACEPARENT)
-                .and_then(|v| v.to_str().ok())
-                .and_then(TraceParent::parse);
-            let clock = (started.into_std(), std::time::SystemTime::now());
-            info.trace = otel
-                .request_span(incoming, method.as_str(), clock.1)
-                .map(|cx| (cx, clock));
-            info.plugins.timed = info.trace.is_some();
-            info.trace.as_ref().map(|_| req.uri().path().to_owned())
-        }
-        None => None,
-    };
+    if let Some(otel) = &gw.inner.otel {
+        start_trace(otel, req.headers(), &method, started.into_std(), &mut info);
+    }
+    // The path (never the query) for the access line and the trace: one copy for both.
+    let access_log = snap.config.log.access_log;
+    let path = (access_log || info.trace.is_some()).then(|| req.uri().path().to_owned());
     let mut error = None;
     let resp = match proxy(gw, &snap, metrics, req, conn, &request_id, &mut info).await {
         Ok(resp) => resp,
@@ -92,10 +77,10 @@ where
     if let Some(m) = metrics {
         m.answered(info.route.as_ref(), &method, status, took);
     }
-    if let (Some(otel), Some(path)) = (&gw.inner.otel, traced_path) {
-        finish_trace(otel, &mut info, &method, &path, status, error);
+    if let (Some(otel), Some(path)) = (&gw.inner.otel, &path) {
+        finish_trace(otel, &mut info, &method, path, status, error);
     }
-    if let Some(path) = path {
+    if let Some(path) = path.filter(|_| access_log) {
         crate::access::Line {
             request_id: headers::request_id_str(&request_id),
             trace_id: info.trace_id,
@@ -154,7 +139,27 @@ impl AccessInfo {
     }
 }
 
-/// Ends a traced request's spans: one per plugin call (from the session's timings), the
+/// Starts the request's server span (under the caller's `traceparent`) when the trace is
+/// sampled; the session then times its plugin calls.
+fn start_trace(
+    otel: &crate::otel::Otel,
+    headers: &http::HeaderMap,
+    method: &http::Method,
+    started: std::time::Instant,
+    info: &mut AccessInfo,
+) {
+    let incoming = headers
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let clock = (started, std::time::SystemTime::now());
+    info.trace = otel
+        .request_span(incoming, method.as_str(), clock.1)
+        .map(|cx| (cx, clock));
+    info.plugins.timed = info.trace.is_some();
+}
+
+/// Ends a traced request's spans (nothing when it is not traced): one per plugin call (from the session's timings), the
 /// upstream call's, and the request's, with the HTTP and GenAI attributes.
 fn finish_trace(
     otel: &crate::otel::Otel,
@@ -628,7 +633,7 @@ async fn request_phase(
     let decision = s.request_headers().await;
     parts.headers = std::mem::take(&mut s.state.headers);
     if let Some(r) = record {
-        *r = s.outcomes();
+        s.record_outcomes(r);
     }
     match decision {
         Err(f) => {
@@ -718,7 +723,7 @@ impl Session {
         let run = async |s: &mut RequestSession| {
             let r = s.response_headers(status, headers).await;
             if let Some(rec) = record {
-                *rec = s.outcomes();
+                s.record_outcomes(rec);
             }
             r
         };

@@ -298,17 +298,8 @@ impl ExportClient {
     fn new() -> Result<ExportClient, String> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "otel: start the exporters inside the gateway's runtime".to_string())?;
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(rustls::RootCertStore::from_iter(
-            webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
-        ))
-        .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(crate::tls::client_config()?)
             .https_or_http()
             .enable_http1()
             .build();

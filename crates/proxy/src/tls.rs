@@ -1,4 +1,5 @@
-//! Inbound TLS from PEM files, with ALPN for HTTP/2.
+//! Inbound TLS from PEM files, with ALPN for HTTP/2; outbound TLS (upstreams, trace
+//! collectors) verified against the Mozilla root set.
 use std::io::BufReader;
 use std::sync::Arc;
 
@@ -37,4 +38,18 @@ pub(crate) fn acceptor(cfg: &TlsConfig, http2: bool) -> std::io::Result<TlsAccep
         vec![b"http/1.1".to_vec()]
     };
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The client side: ring, safe protocol versions, the webpki (Mozilla) roots, no client
+/// certificate. Upstream targets and trace collectors share it.
+pub(crate) fn client_config() -> Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(rustls::RootCertStore::from_iter(
+        webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
+    ))
+    .with_no_client_auth())
 }

@@ -218,15 +218,7 @@ impl Upstream {
         let client = if targets.iter().all(|t| t.scheme == Scheme::HTTP) {
             UpstreamClient::Http(builder.build(http))
         } else {
-            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(rustls::RootCertStore::from_iter(
-                webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
-            ))
-            .with_no_client_auth();
+            let tls = crate::tls::client_config()?;
             let https = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls)
                 .https_or_http();
