@@ -281,3 +281,159 @@ async fn a_zero_sampling_ratio_exports_no_new_trace_but_follows_sampled_callers(
         "no span of the five new, unsampled traces"
     );
 }
+
+/// The server span of trace `trace` (hex), once the collector has it.
+async fn server_span_of(received: &Received, trace: &str) -> Vec<Span> {
+    let trace_bytes = hex::decode(trace).unwrap();
+    eventually("the trace's server span is exported", async || {
+        otlp_spans(received)
+            .iter()
+            .any(|(_, s)| s.trace_id == trace_bytes && s.kind == SpanKind::Server as i32)
+    })
+    .await;
+    otlp_spans(received)
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.trace_id == trace_bytes)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genai_spans_carry_model_and_token_usage_and_last_until_the_stream_ends() {
+    use std::time::{Duration, Instant};
+    use wasmgate_testkit::sim::{SimOptions, Simulator};
+    let (collector, received) = collector().await;
+    let sim = Simulator::spawn(SimOptions {
+        token_delay: Duration::from_millis(30),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let gw = gateway()
+        .route("/v1", "llm", &[sim.url()])
+        .config(|c| {
+            c.otel.enabled = true;
+            c.otel.otlp_endpoint = Some(format!("http://{collector}"));
+        })
+        .spawn()
+        .await;
+    let c = client();
+    let traced = |trace: &str| format!("00-{trace}-00f067aa0ba902b7-01");
+    // The model is not the body's first key, and a message mentions "model" too.
+    let chat = serde_json::json!({
+        "messages": [{"role": "user", "content": "four words \"model\": here"}],
+        "model": "llama-3-8b",
+    });
+
+    // A JSON answer: usage from its body.
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4701";
+    let answer = json(
+        c.post(gw.url("/v1/chat/completions"))
+            .header("traceparent", traced(trace))
+            .json(&chat),
+    )
+    .await;
+    let spans = server_span_of(&received, trace).await;
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(
+        attr(server, "gen_ai.request.model").as_deref(),
+        Some("llama-3-8b")
+    );
+    assert_eq!(
+        attr(server, "gen_ai.response.model").as_deref(),
+        Some("llama-3-8b")
+    );
+    assert_eq!(
+        attr(server, "gen_ai.usage.input_tokens"),
+        Some(answer["usage"]["prompt_tokens"].to_string())
+    );
+    assert_eq!(
+        attr(server, "gen_ai.usage.output_tokens"),
+        Some(answer["usage"]["completion_tokens"].to_string())
+    );
+    let upstream_span = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client as i32)
+        .unwrap();
+    assert_eq!(
+        upstream_span.name, "chat llama-3-8b",
+        "GenAI client span name"
+    );
+    assert_eq!(
+        attr(upstream_span, "gen_ai.usage.output_tokens"),
+        attr(server, "gen_ai.usage.output_tokens")
+    );
+
+    // A stream asking for usage: the last event's, and the spans end with the stream.
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4702";
+    let mut streamed = chat.clone();
+    streamed["stream"] = serde_json::json!(true);
+    streamed["stream_options"] = serde_json::json!({"include_usage": true});
+    let resp = c
+        .post(gw.url("/v1/chat/completions"))
+        .header("traceparent", traced(trace))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let head_at = Instant::now();
+    let text = resp.text().await.unwrap();
+    let body_time = head_at.elapsed();
+    let last_usage: serde_json::Value = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| v.get("usage").cloned())
+        .next_back()
+        .expect("the simulator sends usage last");
+    let spans = server_span_of(&received, trace).await;
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(
+        attr(server, "gen_ai.usage.input_tokens"),
+        Some(last_usage["prompt_tokens"].to_string())
+    );
+    assert_eq!(
+        attr(server, "gen_ai.usage.output_tokens"),
+        Some(last_usage["completion_tokens"].to_string())
+    );
+    assert_eq!(attr(server, "wasmgate.response.aborted"), None);
+    let span_time = Duration::from_nanos(server.end_time_unix_nano - server.start_time_unix_nano);
+    assert!(
+        span_time >= body_time,
+        "the request span covers the streamed body: {span_time:?} < {body_time:?}"
+    );
+
+    // A client that hangs up mid-stream: the spans end then, and say so.
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4703";
+    let mut resp = c
+        .post(gw.url("/v1/chat/completions"))
+        .header("traceparent", traced(trace))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    let first = resp.chunk().await.unwrap();
+    assert!(first.is_some());
+    drop(resp);
+    let spans = server_span_of(&received, trace).await;
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(
+        attr(server, "wasmgate.response.aborted").as_deref(),
+        Some("client_disconnected")
+    );
+    assert_eq!(
+        attr(server, "gen_ai.request.model").as_deref(),
+        Some("llama-3-8b")
+    );
+    assert_eq!(attr(server, "gen_ai.usage.output_tokens"), None);
+}

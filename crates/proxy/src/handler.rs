@@ -64,8 +64,16 @@ where
     // The path (never the query) for the access line and the trace: one copy for both.
     let access_log = snap.config.log.access_log;
     let path = (access_log || info.trace.is_some()).then(|| req.uri().path().to_owned());
+    // A traced OpenAI-style call: the request body is read for its model on the way up.
+    let genai = match (&info.trace, &path) {
+        (Some(_), Some(p)) => {
+            crate::otel::genai_operation(p).map(|op| (op, crate::genai::SharedFacts::default()))
+        }
+        _ => None,
+    };
+    let req = req.map(|b| crate::genai::RequestTap::new(b, genai.as_ref().map(|g| g.1.clone())));
     let mut error = None;
-    let resp = match proxy(gw, &snap, metrics, req, conn, &request_id, &mut info).await {
+    let mut resp = match proxy(gw, &snap, metrics, req, conn, &request_id, &mut info).await {
         Ok(resp) => resp,
         Err(e) => {
             error = Some(e.code());
@@ -78,7 +86,14 @@ where
         m.answered(info.route.as_ref(), &method, status, took);
     }
     if let (Some(otel), Some(path)) = (&gw.inner.otel, &path) {
-        finish_trace(otel, &mut info, &method, path, status, error);
+        if let Some(end) = finish_trace(otel, &mut info, &method, path, status, error, genai) {
+            // The spans end with the response body, which the GenAI scan reads on the way.
+            let scan = end.genai.as_ref().and_then(|_| {
+                let ct = resp.headers().get(header::CONTENT_TYPE);
+                crate::genai::ResponseScan::for_content_type(ct.and_then(|v| v.to_str().ok()))
+            });
+            resp = resp.map(|b| crate::otel::TracedBody::new(b, scan, end).boxed_unsync());
+        }
     }
     if let Some(path) = path.filter(|_| access_log) {
         crate::access::Line {
@@ -159,8 +174,11 @@ fn start_trace(
     info.plugins.timed = info.trace.is_some();
 }
 
-/// Ends a traced request's spans (nothing when it is not traced): one per plugin call (from the session's timings), the
-/// upstream call's, and the request's, with the HTTP and GenAI attributes.
+/// At the response head of a traced request (nothing when it is not traced): records a span
+/// per plugin call (from the session's timings) and the HTTP attributes of the upstream
+/// call's and the request's spans, which stay open until the response body ends (the
+/// returned [`SpanEnd`](crate::otel::SpanEnd)) so that they cover the whole response and get
+/// the GenAI attributes the bodies carry.
 fn finish_trace(
     otel: &crate::otel::Otel,
     info: &mut AccessInfo,
@@ -168,12 +186,11 @@ fn finish_trace(
     path: &str,
     status: u16,
     error: Option<&'static str>,
-) {
+    genai: Option<(&'static str, crate::genai::SharedFacts)>,
+) -> Option<crate::otel::SpanEnd> {
     use opentelemetry::trace::{Status, TraceContextExt};
     use opentelemetry::KeyValue;
-    let Some((cx, clock)) = info.trace.take() else {
-        return;
-    };
+    let (cx, clock) = info.trace.take()?;
     for call in &info.plugins.calls {
         let name = info.plugins.plugin_name(call.plugin).to_owned();
         let start = crate::otel::wall(call.start, clock);
@@ -189,7 +206,8 @@ fn finish_trace(
             start + call.duration,
         );
     }
-    if let Some(up) = info.upstream_trace.take() {
+    let upstream_cx = info.upstream_trace.take();
+    if let Some(up) = &upstream_cx {
         let span = up.span();
         if let Some(target) = &info.target {
             span.set_attribute(KeyValue::new("server.address", target.host().to_owned()));
@@ -206,7 +224,6 @@ fn finish_trace(
             )),
             None => span.set_status(Status::error(error.unwrap_or("upstream_error"))),
         }
-        span.end();
     }
     let span = cx.span();
     let route = info.route.as_deref().unwrap_or("");
@@ -220,14 +237,18 @@ fn finish_trace(
     if let Some(code) = error {
         attributes.push(KeyValue::new("error.type", code));
     }
-    if let Some(op) = crate::otel::genai_operation(path) {
-        attributes.push(KeyValue::new("gen_ai.operation.name", op));
+    if let Some((op, _)) = &genai {
+        attributes.push(KeyValue::new("gen_ai.operation.name", *op));
     }
     span.set_attributes(attributes);
     if status >= 500 {
         span.set_status(Status::error(error.unwrap_or("server error")));
     }
-    span.end();
+    Some(crate::otel::SpanEnd {
+        server: cx,
+        upstream: upstream_cx,
+        genai,
+    })
 }
 
 static GATEWAY_ROUTE: std::sync::LazyLock<Arc<str>> =

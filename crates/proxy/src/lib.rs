@@ -13,6 +13,7 @@ mod admin;
 pub mod body;
 pub mod error;
 mod forwarded;
+pub mod genai;
 pub mod handler;
 pub mod headers;
 pub mod limit;
