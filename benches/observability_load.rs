@@ -1,6 +1,6 @@
 //! The cost of observability: the gateway (no plugins) with Prometheus metrics and the access
 //! log on against both off, same upstream and load generator as bench-proxy, one worker thread
-//! per gateway, interleaved rounds, medians of per-round ratios. Target: >= 0.9.
+//! per gateway, interleaved rounds (alternating which goes first), medians of per-round ratios. Target: >= 0.9.
 //! Log lines go, as in production, through the non-blocking writer — here to a file in the
 //! temp directory (a log shipper's pipe would be similar). `cargo bench --bench
 //! observability_load` (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONNECTIONS; BENCH_ONLY=metrics or
@@ -51,8 +51,14 @@ fn main() {
     println!("observability_load: {conns} connections, {rounds} rounds x {secs}s, 1 worker thread per gateway");
     let mut ratios = Vec::new();
     for round in 0..rounds {
-        let a = load(off_addr, Duration::from_secs(secs));
-        let b = load(on_addr, Duration::from_secs(secs));
+        // Alternate which goes first, so that a drift within a round favours neither.
+        let (a, b) = if round % 2 == 0 {
+            let a = load(off_addr, Duration::from_secs(secs));
+            (a, load(on_addr, Duration::from_secs(secs)))
+        } else {
+            let b = load(on_addr, Duration::from_secs(secs));
+            (load(off_addr, Duration::from_secs(secs)), b)
+        };
         println!(
             "  round {round}: off {:>7.0} req/s p99 {:.3} ms | metrics + access log {:>7.0} req/s p99 {:.3} ms",
             a.rps,

@@ -121,23 +121,118 @@ fn ms(d: Option<Duration>) -> f64 {
     d.map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
 }
 
-/// `fmt::Write` over the line buffer, for the timestamp formatter.
-struct Utf8Buf<'a>(&'a mut Vec<u8>);
+thread_local! {
+    /// The last second formatted (`YYYY-MM-DDTHH:MM:SS`), reused by the lines of that second.
+    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+}
 
-impl std::fmt::Write for Utf8Buf<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
+/// The time as the other log lines show it (`tracing-subscriber`'s RFC 3339 format, UTC,
+/// microseconds: `2026-11-29T19:35:13.123456Z`), written straight into the line; the date and
+/// time of day are computed once per second per thread.
+fn timestamp(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            *text = civil(secs);
+            *cached = secs;
+        }
+        out.extend_from_slice(text);
+    });
+    out.push(b'.');
+    let mut digits = [b'0'; 6];
+    let mut micros = now.subsec_micros();
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out.extend_from_slice(&digits);
+    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix time (the days-to-civil algorithm of H. Hinnant).
+fn civil(secs: u64) -> [u8; 19] {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut t = *b"0000-00-00T00:00:00";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            t[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year.clamp(0, 9999) as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, rem / 3600);
+    put(14, 2, rem % 3600 / 60);
+    put(17, 2, rem % 60);
+    t
+}
+
+/// A duration in milliseconds with three decimals (`12.345`), by integer arithmetic.
+fn millis(out: &mut Vec<u8>, d: Option<Duration>) {
+    let micros = d.map_or(0, |d| d.as_micros());
+    out.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+    let frac = (micros % 1000) as u16;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+/// A number.
+fn int(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// The client address (IPv4 by hand, the rarer IPv6 through `Display`).
+fn ip(out: &mut Vec<u8>, addr: std::net::IpAddr) {
+    match addr {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                int(out, octet);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
-/// The time as the other log lines show it (`tracing-subscriber`'s RFC 3339 formatter),
-/// written straight into the line.
-fn timestamp(out: &mut Vec<u8>) {
-    use tracing_subscriber::fmt::time::FormatTime as _;
-    let _ = tracing_subscriber::fmt::time::SystemTime.format_time(
-        &mut tracing_subscriber::fmt::format::Writer::new(&mut Utf8Buf(out)),
-    );
+/// A string that cannot need escaping (names from the configuration, methods, codes, outcomes).
+fn plain(out: &mut Vec<u8>, key: &[u8], value: &str) {
+    out.extend_from_slice(key);
+    out.push(b'"');
+    out.extend_from_slice(value.as_bytes());
+    out.push(b'"');
+}
+
+/// 32 lowercase hex digits.
+fn hex128(out: &mut Vec<u8>, v: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 32];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[(v >> (124 - 4 * i) & 0xf) as usize];
+    }
+    out.extend_from_slice(&digits);
 }
 
 /// The trace id as 32 hex digits (empty when there is none).
@@ -153,33 +248,34 @@ impl std::fmt::Display for TraceHex {
 }
 
 impl Line<'_> {
-    /// The JSON line, written into `o` with no allocation of its own: the values clients
-    /// send (the path) are escaped by serde_json; the rest cannot need escaping.
+    /// The JSON line, written into `o` with no allocation and no `fmt` machinery: the values
+    /// clients send (the path, the request id) are escaped by serde_json; the others come from
+    /// the configuration or the gateway and are escaped too where a name could hold a quote.
     fn json(&self, o: &mut Vec<u8>) {
-        use std::io::Write as _;
         o.extend_from_slice(b"{\"timestamp\":\"");
         timestamp(o);
         o.extend_from_slice(
             b"\",\"level\":\"INFO\",\"message\":\"access\",\"target\":\"wasmgate::access\",\"request_id\":",
         );
         let _ = serde_json::to_writer(&mut *o, self.request_id);
-        let _ = write!(
-            o,
-            ",\"trace_id\":\"{}\",\"client\":\"{}\"",
-            TraceHex(self.trace_id),
-            self.client
-        );
+        o.extend_from_slice(b",\"trace_id\":\"");
+        if let Some(t) = self.trace_id {
+            hex128(o, t);
+        }
+        o.extend_from_slice(b"\",\"client\":\"");
+        ip(o, self.client);
+        o.push(b'"');
+        plain(o, b",\"method\":", self.method);
         for (k, v) in [
-            ("method", self.method),
-            ("path", self.path),
-            ("route", self.route),
-            ("upstream", self.upstream),
-            ("upstream_target", self.upstream_target),
-            ("error", self.error),
+            (&b",\"path\":"[..], self.path),
+            (b",\"route\":", self.route),
+            (b",\"upstream\":", self.upstream),
+            (b",\"upstream_target\":", self.upstream_target),
         ] {
-            let _ = write!(o, ",\"{k}\":");
+            o.extend_from_slice(k);
             let _ = serde_json::to_writer(&mut *o, v);
         }
+        plain(o, b",\"error\":", self.error);
         // "plugins": {"auth": "continue", ...} in chain order.
         o.extend_from_slice(b",\"plugins\":{");
         for (i, (name, outcome)) in self.plugins.iter().enumerate() {
@@ -187,19 +283,23 @@ impl Line<'_> {
                 o.push(b',');
             }
             let _ = serde_json::to_writer(&mut *o, name);
-            let _ = write!(o, ":\"{}\"", outcome.as_str());
+            plain(o, b":", outcome.as_str());
         }
-        o.push(b'}');
-        let _ = writeln!(
-            o,
-            ",\"status\":{},\"duration_ms\":{:.3},\"attempts\":{},\"upstream_ms\":{:.3},\"plugins_ms\":{:.3},\"answered_by_plugin\":{}}}",
-            self.status,
-            self.duration.as_secs_f64() * 1e3,
-            self.attempts,
-            ms(self.upstream_time),
-            ms(self.plugin_time),
-            self.answered_by_plugin
-        );
+        o.extend_from_slice(b"},\"status\":");
+        int(o, self.status);
+        o.extend_from_slice(b",\"duration_ms\":");
+        millis(o, Some(self.duration));
+        o.extend_from_slice(b",\"attempts\":");
+        int(o, self.attempts);
+        o.extend_from_slice(b",\"upstream_ms\":");
+        millis(o, self.upstream_time);
+        o.extend_from_slice(b",\"plugins_ms\":");
+        millis(o, self.plugin_time);
+        o.extend_from_slice(if self.answered_by_plugin {
+            b",\"answered_by_plugin\":true}\n"
+        } else {
+            b",\"answered_by_plugin\":false}\n"
+        });
     }
 
     fn text(&self, o: &mut Vec<u8>) {
@@ -309,5 +409,37 @@ mod tests {
             ts.len() == 27 && ts.ends_with('Z') && ts.starts_with("20"),
             "{ts}"
         );
+    }
+
+    #[test]
+    fn dates_numbers_and_addresses_are_written_exactly() {
+        for (secs, text) in [
+            (0, "1970-01-01T00:00:00"),
+            (951_782_400, "2000-02-29T00:00:00"),
+            (1_732_900_000, "2024-11-29T17:06:40"),
+            (1_796_000_000, "2026-11-30T00:53:20"),
+            (4_102_444_799, "2099-12-31T23:59:59"),
+        ] {
+            assert_eq!(std::str::from_utf8(&civil(secs)).unwrap(), text);
+        }
+        let mut out = Vec::new();
+        for (d, text) in [
+            (Some(Duration::from_micros(1_500)), "1.500"),
+            (Some(Duration::from_micros(7)), "0.007"),
+            (Some(Duration::from_secs(61)), "61000.000"),
+            (None, "0.000"),
+        ] {
+            out.clear();
+            millis(&mut out, d);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), text);
+        }
+        out.clear();
+        hex128(&mut out, 0x0af7651916cd43dd8448eb211c80319c);
+        assert_eq!(out, b"0af7651916cd43dd8448eb211c80319c");
+        for addr in ["10.0.0.255", "::1", "2001:db8::8a2e:370:7334"] {
+            out.clear();
+            ip(&mut out, addr.parse().unwrap());
+            assert_eq!(std::str::from_utf8(&out).unwrap(), addr);
+        }
     }
 }
