@@ -444,3 +444,80 @@ async fn access_logs_name_every_request_and_never_a_credential() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_completion_is_logged_when_its_stream_ends() {
+    use wasmgate_testkit::sim::{SimOptions, Simulator};
+    let sim = Simulator::spawn(SimOptions {
+        token_delay: Duration::from_millis(30),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempdir("stream-log");
+    std::fs::write(
+        dir.join(".env"),
+        format!(
+            "FASTAPI_URL={}\nGATEWAY_HOST=127.0.0.1\nGATEWAY_PORT=0\nLOG_FORMAT=json\nAUTH_ENABLED=false\nRATE_LIMIT_ENABLED=false\nCACHE_ENABLED=false\n",
+            sim.url()
+        ),
+    )
+    .unwrap();
+    let gw = GatewayProcess::spawn(wasmgate_command(&dir));
+    let c = client();
+    let chat = serde_json::json!({"model": "m", "stream": true,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let line_of = async |rid: &str| -> serde_json::Value {
+        assert!(
+            gw.wait_log(rid, Duration::from_secs(5)).await,
+            "{}",
+            gw.log()
+        );
+        let log = gw.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(rid) && l.contains("wasmgate::access"))
+            .unwrap();
+        serde_json::from_str(line).unwrap()
+    };
+
+    // Read to its end: the line covers the whole stream.
+    let resp = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let head_at = std::time::Instant::now();
+    let text = resp.text().await.unwrap();
+    let body_ms = head_at.elapsed().as_secs_f64() * 1e3;
+    let v = line_of(&rid).await;
+    assert_eq!(v["response_end"], "complete", "{v}");
+    assert_eq!(v["bytes_sent"], text.len(), "{v}");
+    let (duration, ttfb) = (
+        v["duration_ms"].as_f64().unwrap(),
+        v["ttfb_ms"].as_f64().unwrap(),
+    );
+    assert!(duration >= body_ms, "the line waited for the stream: {v}");
+    assert!(ttfb < duration, "{v}");
+
+    // A client that hangs up after the first event.
+    let mut resp = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let first = resp.chunk().await.unwrap().unwrap();
+    drop(resp);
+    let v = line_of(&rid).await;
+    assert_eq!(v["response_end"], "client_disconnected", "{v}");
+    let sent = v["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent >= first.len() as u64 && sent < text.len() as u64,
+        "{v}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -268,6 +268,112 @@ where
     }
 }
 
+/// How a response body ended, for the access line and the trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseEnd {
+    /// Sent to its end.
+    Complete,
+    /// The client went away before the end.
+    ClientDisconnected,
+    /// The body failed: the upstream broke off, or the request deadline passed.
+    BodyError,
+}
+
+impl ResponseEnd {
+    /// The name in the access line and the span attribute.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseEnd::Complete => "complete",
+            ResponseEnd::ClientDisconnected => "client_disconnected",
+            ResponseEnd::BodyError => "body_error",
+        }
+    }
+}
+
+/// What runs when a response body ends: its end and the body bytes sent.
+pub type OnEnd = Box<dyn FnOnce(ResponseEnd, u64) + Send>;
+
+/// A response body passed through unchanged, counting its bytes, optionally read by a GenAI
+/// scan, that calls `on_end` once when it ends, fails, or is dropped unfinished (the client
+/// went away). Dropped at its end counts as complete: a server may stop polling a body of
+/// known length after its last byte.
+pub struct EndBody {
+    inner: ProxyBody,
+    bytes: u64,
+    scan: Option<(crate::genai::ResponseScan, crate::genai::SharedFacts)>,
+    on_end: Option<OnEnd>,
+}
+
+impl EndBody {
+    /// Wraps `inner`.
+    pub fn new(
+        inner: ProxyBody,
+        scan: Option<(crate::genai::ResponseScan, crate::genai::SharedFacts)>,
+        on_end: OnEnd,
+    ) -> Self {
+        EndBody {
+            inner,
+            bytes: 0,
+            scan,
+            on_end: Some(on_end),
+        }
+    }
+
+    fn end(&mut self, how: ResponseEnd) {
+        if let Some(on_end) = self.on_end.take() {
+            if let Some((scan, facts)) = self.scan.take() {
+                scan.finish(&facts);
+            }
+            on_end(how, self.bytes);
+        }
+    }
+}
+
+impl Drop for EndBody {
+    fn drop(&mut self) {
+        let how = match self.inner.is_end_stream() {
+            true => ResponseEnd::Complete,
+            false => ResponseEnd::ClientDisconnected,
+        };
+        self.end(how);
+    }
+}
+
+impl Body for EndBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                    if let Some((scan, _)) = this.scan.as_mut() {
+                        scan.feed(data);
+                    }
+                }
+            }
+            Poll::Ready(None) => this.end(ResponseEnd::Complete),
+            Poll::Ready(Some(Err(_))) => this.end(ResponseEnd::BodyError),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,7 +73,7 @@ where
     };
     let req = req.map(|b| crate::genai::RequestTap::new(b, genai.as_ref().map(|g| g.1.clone())));
     let mut error = None;
-    let mut resp = match proxy(gw, &snap, metrics, req, conn, &request_id, &mut info).await {
+    let resp = match proxy(gw, &snap, metrics, req, conn, &request_id, &mut info).await {
         Ok(resp) => resp,
         Err(e) => {
             error = Some(e.code());
@@ -85,38 +85,55 @@ where
     if let Some(m) = metrics {
         m.answered(info.route.as_ref(), &method, status, took);
     }
-    if let (Some(otel), Some(path)) = (&gw.inner.otel, &path) {
-        if let Some(end) = finish_trace(otel, &mut info, &method, path, status, error, genai) {
-            // The spans end with the response body, which the GenAI scan reads on the way.
-            let scan = end.genai.as_ref().and_then(|_| {
-                let ct = resp.headers().get(header::CONTENT_TYPE);
-                crate::genai::ResponseScan::for_content_type(ct.and_then(|v| v.to_str().ok()))
-            });
-            resp = resp.map(|b| crate::otel::TracedBody::new(b, scan, end).boxed_unsync());
+    let spans = match (&gw.inner.otel, &path) {
+        (Some(otel), Some(path)) => {
+            finish_trace(otel, &mut info, &method, path, status, error, genai)
         }
+        _ => None,
+    };
+    let path = path.filter(|_| access_log);
+    if spans.is_none() && path.is_none() {
+        return resp;
     }
-    if let Some(path) = path.filter(|_| access_log) {
-        crate::access::Line {
-            request_id: headers::request_id_str(&request_id),
-            trace_id: info.trace_id,
-            client: conn.peer.ip(),
-            method: method.as_str(),
-            path: &path,
-            route: info.route.as_deref().unwrap_or(""),
-            status,
-            duration: took,
-            upstream: info.upstream.as_ref().map_or("", |u| &*u.name),
-            upstream_target: info.target.as_ref().map_or("", |t| t.as_str()),
-            attempts: info.attempts,
-            upstream_time: info.upstream_time,
-            plugin_time: info.plugin_time,
-            answered_by_plugin: info.answered_by_plugin,
-            plugins: &info.plugins,
-            error: error.unwrap_or(""),
+    // The access line and the spans wait for the end of the response body: a streamed
+    // completion's duration is the stream's. On GenAI paths the body is read on the way.
+    let scan = spans.as_ref().and_then(|end| {
+        let facts = end.genai.as_ref()?.1.clone();
+        let ct = resp.headers().get(header::CONTENT_TYPE);
+        let scan = crate::genai::ResponseScan::for_content_type(ct.and_then(|v| v.to_str().ok()));
+        scan.map(|s| (s, facts))
+    });
+    let client = conn.peer.ip();
+    let on_end: crate::body::OnEnd = Box::new(move |how, bytes| {
+        if let Some(spans) = spans {
+            spans.end(how);
         }
-        .emit();
-    }
-    resp
+        if let Some(path) = path {
+            crate::access::Line {
+                request_id: headers::request_id_str(&request_id),
+                trace_id: info.trace_id,
+                client,
+                method: method.as_str(),
+                path: &path,
+                route: info.route.as_deref().unwrap_or(""),
+                status,
+                duration: started.elapsed(),
+                ttfb: took,
+                bytes_sent: bytes,
+                response_end: how,
+                upstream: info.upstream.as_ref().map_or("", |u| &*u.name),
+                upstream_target: info.target.as_ref().map_or("", |t| t.as_str()),
+                attempts: info.attempts,
+                upstream_time: info.upstream_time,
+                plugin_time: info.plugin_time,
+                answered_by_plugin: info.answered_by_plugin,
+                plugins: &info.plugins,
+                error: error.unwrap_or(""),
+            }
+            .emit();
+        }
+    });
+    resp.map(|b| crate::body::EndBody::new(b, scan, on_end).boxed_unsync())
 }
 
 /// What metrics and the access log say about a request, filled in as it goes (cheap clones:

@@ -351,8 +351,9 @@ pub(crate) struct SpanEnd {
 }
 
 impl SpanEnd {
-    /// Ends both spans now; `aborted` names why the body did not complete.
-    fn end(self, aborted: Option<&'static str>) {
+    /// Ends both spans now, when the response body ended as `how`.
+    pub(crate) fn end(self, how: crate::body::ResponseEnd) {
+        use crate::body::ResponseEnd;
         use opentelemetry::trace::Status;
         let now = SystemTime::now();
         let mut attributes = Vec::new();
@@ -385,100 +386,16 @@ impl SpanEnd {
                 span.set_attribute(KeyValue::new("gen_ai.operation.name", *operation));
             }
         }
-        if let Some(reason) = aborted {
-            attributes.push(KeyValue::new("wasmgate.response.aborted", reason));
+        if how != ResponseEnd::Complete {
+            attributes.push(KeyValue::new("wasmgate.response.aborted", how.as_str()));
         }
         for cx in self.upstream.iter().chain(std::iter::once(&self.server)) {
             let span = cx.span();
             span.set_attributes(attributes.iter().cloned());
-            if aborted == Some("response_body_error") {
+            if how == ResponseEnd::BodyError {
                 span.set_status(Status::error("response body failed"));
             }
             span.end_with_timestamp(now);
         }
-    }
-}
-
-/// A traced response's body: passed through unchanged, read for the GenAI facts when it has a
-/// scan, and the request's spans end when it ends (or is dropped unfinished: the client went
-/// away).
-pub(crate) struct TracedBody {
-    inner: crate::body::ProxyBody,
-    scan: Option<crate::genai::ResponseScan>,
-    end: Option<SpanEnd>,
-}
-
-impl Drop for TracedBody {
-    fn drop(&mut self) {
-        use http_body::Body as _;
-        if let Some(end) = self.end.take() {
-            // Dropped at its end (a server may stop polling a body of known length), or
-            // before it: the client went away.
-            let aborted = (!self.inner.is_end_stream()).then_some("client_disconnected");
-            finish(self.scan.take(), end, aborted);
-        }
-    }
-}
-
-impl TracedBody {
-    pub(crate) fn new(
-        inner: crate::body::ProxyBody,
-        scan: Option<crate::genai::ResponseScan>,
-        end: SpanEnd,
-    ) -> Self {
-        TracedBody {
-            inner,
-            scan,
-            end: Some(end),
-        }
-    }
-}
-
-/// Reads what the scan found into the facts, then ends the spans.
-fn finish(scan: Option<crate::genai::ResponseScan>, end: SpanEnd, aborted: Option<&'static str>) {
-    if let (Some(scan), Some((_, facts))) = (scan, &end.genai) {
-        scan.finish(facts);
-    }
-    end.end(aborted);
-}
-
-impl http_body::Body for TracedBody {
-    type Data = Bytes;
-    type Error = crate::body::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(scan), Some(data)) = (this.scan.as_mut(), frame.data_ref()) {
-                    scan.feed(data);
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(end) = this.end.take() {
-                    finish(this.scan.take(), end, None);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(end) = this.end.take() {
-                    finish(this.scan.take(), end, Some("response_body_error"));
-                }
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
