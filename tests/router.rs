@@ -346,3 +346,47 @@ async fn least_loaded_follows_the_worker_registry() {
         "gpu-b is now the busier one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_target_stays_ejected_across_a_reload_that_rebuilds_its_upstream() {
+    let (a, a_health) = upstream().health_switch("/health");
+    let a = a.spawn().await;
+    let (b, _) = upstream().health_switch("/health");
+    let b = b.spawn().await;
+    let gw = gateway()
+        .route("/", "default", &[a.url(), b.url()])
+        .config(|c| common::fast_health_checks(c, 2))
+        .spawn()
+        .await;
+    a_health.store(false, Ordering::SeqCst);
+    let upstream = gw.gateway().snapshot().upstreams["default"].clone();
+    eventually("a is ejected", async || {
+        upstream.health_report()["healthy"] == 1
+    })
+    .await;
+
+    // Settings that rebuild the upstream: three failed checks a minute apart would be needed
+    // to eject `a` again from scratch.
+    let mut cfg = gw.gateway().snapshot().config.as_ref().clone();
+    let u = cfg.upstreams.get_mut("default").unwrap();
+    u.health_check.interval_ms = Some(60_000);
+    u.health_check.unhealthy_threshold = 3;
+    gw.gateway().reload(cfg).unwrap();
+    let rebuilt = gw.gateway().snapshot().upstreams["default"].clone();
+    assert!(
+        !std::sync::Arc::ptr_eq(&upstream, &rebuilt),
+        "the reload rebuilt the upstream"
+    );
+    assert_eq!(rebuilt.health_report()["healthy"], 1, "a is still ejected");
+    let before = a.requests_to("/v1");
+    let c = client();
+    for _ in 0..6 {
+        let r = c.get(gw.url("/v1/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        a.requests_to("/v1"),
+        before,
+        "no request goes to the target ejected before the reload"
+    );
+}

@@ -80,6 +80,9 @@ impl Snapshot {
                             message,
                         }
                     })?;
+                    if let Some(old) = previous.and_then(|p| p.upstreams.get(name)) {
+                        u.inherit_health(old);
+                    }
                     let u = Arc::new(u);
                     fresh.push(u.clone());
                     u

@@ -287,6 +287,28 @@ impl Upstream {
         handle.spawn(health_loop(weak, path, self.health.interval));
     }
 
+    /// Carries the health of `old`'s targets over to this upstream's targets with the same
+    /// URL (a reload that changed the upstream's settings): an ejected target stays ejected
+    /// until its checks pass, instead of getting traffic again until it fails anew.
+    pub(crate) fn inherit_health(&self, old: &Upstream) {
+        for t in &self.targets {
+            let Some(o) = old.targets.iter().find(|o| {
+                o.scheme == t.scheme && o.authority == t.authority && o.base_path == t.base_path
+            }) else {
+                continue;
+            };
+            t.fails
+                .store(o.fails.load(Ordering::Relaxed), Ordering::Relaxed);
+            t.passes
+                .store(o.passes.load(Ordering::Relaxed), Ordering::Relaxed);
+            if o.is_ejected() {
+                // Ejected "now" on the new clock: at most one interval before a retry.
+                t.ejected_at_ms.store(self.now_ms(), Ordering::Relaxed);
+                t.ejected.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.born.elapsed().as_millis() as u64
     }
