@@ -672,3 +672,40 @@ async fn security_headers_are_added_and_configurable() {
         "HSTS only when the gateway listens with TLS"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_errors_get_the_plugins_response_headers() {
+    let slow = upstream()
+        .slow("/slow", std::time::Duration::from_secs(3))
+        .spawn()
+        .await;
+    let dead = format!("http://127.0.0.1:{}", wasmgate_testkit::free_port());
+    let gw = gateway()
+        .route("/dead", "dead", &[dead])
+        .route("/slow", "slow", &[slow.url()])
+        .config(|c| {
+            c.upstreams.get_mut("slow").unwrap().request_timeout_ms = 300;
+            c.cors.enabled = true;
+            c.cors.origins = vec!["https://app.example".into()];
+            c.security_headers.enabled = true;
+            limited(100)(c);
+        })
+        .spawn()
+        .await;
+    let c = client();
+    for (path, status, code) in [
+        ("/dead/v1/models", 502, "upstream_connect_error"),
+        ("/slow/x", 504, "upstream_timeout"),
+    ] {
+        let r = get_with(&c, gw.url(path), &[("origin", "https://app.example")]).await;
+        // A browser can read the error, and it carries the same headers as any answer.
+        assert_eq!(
+            header(&r, "access-control-allow-origin"),
+            "https://app.example",
+            "{path}"
+        );
+        assert_eq!(header(&r, "x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header(&r, "x-ratelimit-limit"), "100", "{path}");
+        expect_error(r, status, code).await;
+    }
+}

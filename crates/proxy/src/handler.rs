@@ -72,14 +72,14 @@ where
         _ => None,
     };
     let req = req.map(|b| crate::genai::RequestTap::new(b, genai.as_ref().map(|g| g.1.clone())));
-    let mut error = None;
     let resp = match proxy(gw, &snap, metrics, req, conn, &request_id, &mut info).await {
         Ok(resp) => resp,
         Err(e) => {
-            error = Some(e.code());
+            info.error = Some(e.code());
             error_response(&e, headers::request_id_str(&request_id))
         }
     };
+    let error = info.error;
     let took = started.elapsed();
     let status = resp.status().as_u16();
     if let Some(m) = metrics {
@@ -147,6 +147,8 @@ pub(crate) struct AccessInfo {
     upstream_time: Option<std::time::Duration>,
     plugin_time: Option<std::time::Duration>,
     answered_by_plugin: bool,
+    /// The gateway's error code, for an error answered through the plugins (`error_answer`).
+    error: Option<&'static str>,
     trace_id: Option<u128>,
     /// Each plugin's outcome (and, when traced, each call), recorded only while the access
     /// log is on or the request is traced.
@@ -383,7 +385,15 @@ where
         s.state.headers = std::mem::take(&mut parts.headers);
         let read = buffered_body_phase(s, body.take().expect("body"), limits.max_body_bytes).await;
         parts.headers = std::mem::take(&mut s.state.headers);
-        match read? {
+        let read = match read {
+            Ok(read) => read,
+            Err(e) => {
+                let permits = (global_permit, upstream_permit);
+                let s = session.take().map(Session::Owned);
+                return error_answer(s, e, request_id, permits, info, snap).await;
+            }
+        };
+        match read {
             Ok(bytes) => buffered = Some(bytes),
             Err(local) => {
                 let permits = (global_permit, upstream_permit);
@@ -402,6 +412,13 @@ where
             Session::Owned(s)
         }
     });
+    // The gateway's own error from here on goes through the plugins' response phase.
+    macro_rules! fail {
+        ($e:expr) => {{
+            let permits = (global_permit, upstream_permit);
+            return error_answer(session.take(), $e, request_id, permits, info, snap).await;
+        }};
+    }
 
     let h = &mut parts.headers;
     snap.forwarded
@@ -498,9 +515,12 @@ where
                 p
             }
         };
-        parts.uri = target
-            .uri(&upstream_path, query)
-            .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
+        parts.uri = match target.uri(&upstream_path, query) {
+            Ok(uri) => uri,
+            Err(e) => fail!(ProxyError::BadRequest(format!(
+                "cannot build upstream URI: {e}"
+            ))),
+        };
         if !keep_host {
             parts
                 .headers
@@ -530,7 +550,7 @@ where
                 if let Some(m) = metrics {
                     m.upstream_error(&upstream.name, &target.authority, "timeout");
                 }
-                return Err(ProxyError::UpstreamTimeout {
+                fail!(ProxyError::UpstreamTimeout {
                     upstream: upstream.name.to_string(),
                     target: target.authority.to_string(),
                     timeout_ms: upstream.request_timeout_ms,
@@ -558,7 +578,7 @@ where
             };
         }
         if tripped.as_ref().is_some_and(|t| t.load(Ordering::Acquire)) {
-            return Err(ProxyError::PayloadTooLarge(limits.max_body_bytes));
+            fail!(ProxyError::PayloadTooLarge(limits.max_body_bytes));
         }
         tried.push(i);
         let unsent = resend.and_then(|r| r.reclaim());
@@ -570,7 +590,7 @@ where
             let backoff = upstream.retry_backoff * 2u32.saturating_pow(attempt as u32);
             tracing::debug!(upstream = %upstream.name, target = %target.authority, attempt, error = %error_chain(&e), "retrying on another target");
             if Instant::now() + backoff >= deadline {
-                return Err(upstream_error(upstream, target, &e));
+                fail!(upstream_error(upstream, target, &e));
             }
             tokio::time::sleep(backoff).await;
             if let Some(m) = metrics {
@@ -579,7 +599,7 @@ where
             body = unsent;
             continue;
         }
-        return Err(upstream_error(upstream, target, &e));
+        fail!(upstream_error(upstream, target, &e));
     };
 
     let (mut rparts, rbody) = resp.into_parts();
@@ -770,6 +790,33 @@ impl Session {
             Session::Shared(s) => run(&mut *s.lock().await).await,
         }
     }
+}
+
+/// The gateway's own error for a request the plugins already saw (the upstream failed or timed
+/// out, the body was too large): its response goes through their response phase like any
+/// other, so CORS, security and rate-limit headers are on it too, as Envoy's local replies pass
+/// its encoder filters. A plugin's own failure, or no session, gives the plain error.
+async fn error_answer(
+    session: Option<Session>,
+    e: ProxyError,
+    request_id: &HeaderValue,
+    permits: (Option<InFlightPermit>, Option<InFlightPermit>),
+    info: &mut AccessInfo,
+    snap: &Snapshot,
+) -> Result<Response<ProxyBody>> {
+    let Some(mut session) = session.filter(|_| !matches!(e, ProxyError::Plugin(_))) else {
+        return Err(e);
+    };
+    info.error = Some(e.code());
+    let (mut parts, body) = error_response(&e, headers::request_id_str(request_id)).into_parts();
+    session
+        .response_headers(parts.status.as_u16(), &mut parts.headers, info.record(snap))
+        .await
+        .map_err(|f| ProxyError::Plugin(f.plugin))?;
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    let guard = (permits.0, permits.1, Some(session));
+    let body = ResponseBody::new(body, None, guard).boxed_unsync();
+    Ok(Response::from_parts(parts, body))
 }
 
 /// A local answer (a plugin's, or the gateway's own on a local route): run the response phase
