@@ -250,6 +250,21 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
             "needs otel.otlp_endpoint (OTEL_EXPORTER_OTLP_ENDPOINT) or otel.zipkin_endpoint (OTEL_ZIPKIN_ENDPOINT)".into(),
         );
     }
+    // The built-ins are wasm plugins: with the engine off they do not run. For the two whose
+    // absence is silent and unsafe (requests pass unauthenticated, or unsigned to a backend
+    // that then refuses them all), that is refused rather than served.
+    if !c.plugins.enabled {
+        let needs_engine = [
+            (c.auth.enabled, "auth.enabled"),
+            (c.request_signing.secret.is_some(), "request_signing.secret"),
+        ];
+        if let Some((_, key)) = needs_engine.iter().find(|(on, _)| *on) {
+            return err(
+                key.to_string(),
+                "needs plugins.enabled = true (PLUGINS_ENABLED): the built-ins run as wasm plugins, and with the engine off every request would pass without them".into(),
+            );
+        }
+    }
     if !c.auth.token_hash_format.contains("{token}") {
         return err(
             "auth.token_hash_format".into(),
@@ -380,6 +395,20 @@ mod tests {
         c.routes.push(c.routes[0].clone());
         c.routes[1].prefix = "/api/".into();
         assert!(check(&c).contains("used by another route"));
+    }
+
+    #[test]
+    fn refuses_auth_or_signing_with_the_plugin_engine_off() {
+        let mut c = base();
+        c.plugins.enabled = false;
+        assert_eq!(check(&c), "", "no built-in needs it");
+        c.auth.enabled = true;
+        assert!(check(&c).contains("auth.enabled"), "{}", check(&c));
+        c.auth.enabled = false;
+        c.request_signing.secret = Some(crate::Secret::new("s"));
+        assert!(check(&c).contains("request_signing.secret"));
+        c.plugins.enabled = true;
+        assert_eq!(check(&c), "");
     }
 
     #[test]
