@@ -201,3 +201,58 @@ async fn metrics_count_requests_upstreams_and_plugins_with_bounded_labels() {
     assert!(!text.contains("/v1/models"), "{text}");
     assert!(!text.contains("metrics-test-key") && !text.contains("scrape-token"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_usage_of_openai_style_answers_is_counted_by_route_and_model() {
+    use wasmgate_testkit::sim::{SimOptions, Simulator};
+    let sim = Simulator::spawn(SimOptions::default()).await.unwrap();
+    let gw = gateway()
+        .route("/v1", "llm", &[sim.url()])
+        .config(|c| c.routes[0].name = Some("llm".into()))
+        .spawn()
+        .await;
+    let c = client();
+    let chat = |model: &str, stream: bool| {
+        serde_json::json!({"model": model, "stream": stream,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "five words in this prompt"}]})
+    };
+    let mut expected = std::collections::HashMap::<(&str, &str), u64>::new();
+    for (model, stream) in [("m-a", false), ("m-a", true), ("m-b", false)] {
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat(model, stream))
+            .send()
+            .await
+            .unwrap();
+        let text = r.text().await.unwrap();
+        // The usage the client saw: the JSON body's, or the stream's last event's.
+        let usage = text
+            .lines()
+            .map(|l| l.strip_prefix("data: ").unwrap_or(l))
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .filter_map(|v| v.get("usage").filter(|u| u.is_object()).cloned())
+            .next_back()
+            .expect("usage");
+        *expected.entry((model, "input")).or_default() += usage["prompt_tokens"].as_u64().unwrap();
+        *expected.entry((model, "output")).or_default() +=
+            usage["completion_tokens"].as_u64().unwrap();
+    }
+    // Not an OpenAI-style path: not read.
+    let r = c.get(gw.url("/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = common::text(c.get(gw.url("/gateway/metrics"))).await;
+    for ((model, kind), n) in &expected {
+        let line = format!(
+            "wasmgate_genai_usage_tokens_total{{route=\"llm\",operation=\"chat\",model=\"{model}\",token_type=\"{kind}\"}} {n}"
+        );
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("wasmgate_genai_usage_tokens_total{"))
+            .count(),
+        4,
+        "two models, two token types"
+    );
+}

@@ -64,14 +64,14 @@ where
     // The path (never the query) for the access line and the trace: one copy for both.
     let access_log = snap.config.log.access_log;
     let path = (access_log || info.trace.is_some()).then(|| req.uri().path().to_owned());
-    // A traced OpenAI-style call: the request body is read for its model on the way up.
-    let genai = match (&info.trace, &path) {
-        (Some(_), Some(p)) => {
-            crate::otel::genai_operation(p).map(|op| (op, crate::genai::SharedFacts::default()))
-        }
-        _ => None,
-    };
-    let req = req.map(|b| crate::genai::RequestTap::new(b, genai.as_ref().map(|g| g.1.clone())));
+    // An OpenAI-style call: its response is read for the token usage (metrics, trace), and a
+    // traced one's request body for its model on the way up.
+    let traced = info.trace.is_some();
+    let genai = crate::otel::genai_operation(req.uri().path())
+        .filter(|_| traced || metrics.is_some())
+        .map(|op| (op, crate::genai::SharedFacts::default()));
+    let tap = genai.as_ref().filter(|_| traced).map(|g| g.1.clone());
+    let req = req.map(|b| crate::genai::RequestTap::new(b, tap));
     let resp = match proxy(gw, &snap, metrics, req, conn, &request_id, &mut info).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -87,26 +87,35 @@ where
     }
     let spans = match (&gw.inner.otel, &path) {
         (Some(otel), Some(path)) => {
-            finish_trace(otel, &mut info, &method, path, status, error, genai)
+            finish_trace(otel, &mut info, &method, path, status, error, genai.clone())
         }
         _ => None,
     };
     let path = path.filter(|_| access_log);
-    if spans.is_none() && path.is_none() {
-        return resp;
-    }
-    // The access line and the spans wait for the end of the response body: a streamed
-    // completion's duration is the stream's. On GenAI paths the body is read on the way.
-    let scan = spans.as_ref().and_then(|end| {
-        let facts = end.genai.as_ref()?.1.clone();
+    // On GenAI paths the response body is read on its way for the model and token usage.
+    let scan = genai.as_ref().and_then(|(_, facts)| {
         let ct = resp.headers().get(header::CONTENT_TYPE);
         let scan = crate::genai::ResponseScan::for_content_type(ct.and_then(|v| v.to_str().ok()));
-        scan.map(|s| (s, facts))
+        scan.map(|s| (s, facts.clone()))
     });
+    if spans.is_none() && path.is_none() && scan.is_none() {
+        return resp;
+    }
+    // The access line, the spans and the token count wait for the end of the response body:
+    // a streamed completion's duration is the stream's, and its usage comes last.
+    let tokens = match (metrics, &genai, &info.route) {
+        (Some(m), Some((op, facts)), Some(route)) if scan.is_some() => {
+            Some((m.tokens(), route.clone(), *op, facts.clone()))
+        }
+        _ => None,
+    };
     let client = conn.peer.ip();
     let on_end: crate::body::OnEnd = Box::new(move |how, bytes| {
         if let Some(spans) = spans {
             spans.end(how);
+        }
+        if let Some((counter, route, op, facts)) = tokens {
+            counter.add(&route, op, &facts.lock().unwrap_or_else(|p| p.into_inner()));
         }
         if let Some(path) = path {
             crate::access::Line {

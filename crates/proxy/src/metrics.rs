@@ -66,6 +66,73 @@ struct UpstreamLabels {
     upstream: Arc<str>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    route: Arc<str>,
+    operation: &'static str,
+    model: Arc<str>,
+    token_type: &'static str,
+}
+
+/// Distinct `model` label values kept before the rest are counted as `other` (models come
+/// from backend answers: bounded in practice, capped here all the same).
+pub const MAX_MODELS: usize = 64;
+
+/// The token counter and the models it has seen: cloned into a response's completion.
+#[derive(Clone)]
+pub(crate) struct TokenCounter {
+    tokens: Family<TokenLabels, Counter>,
+    models: Arc<std::sync::Mutex<std::collections::HashSet<Arc<str>>>>,
+}
+
+impl TokenCounter {
+    /// Counts one response's usage (nothing when it reported none).
+    pub(crate) fn add(
+        &self,
+        route: &Arc<str>,
+        operation: &'static str,
+        facts: &crate::genai::Facts,
+    ) {
+        if facts.input_tokens.is_none() && facts.output_tokens.is_none() {
+            return;
+        }
+        let model = facts
+            .response_model
+            .as_deref()
+            .or(facts.request_model.as_deref())
+            .unwrap_or("unknown");
+        let model = {
+            let mut seen = self.models.lock().unwrap_or_else(|p| p.into_inner());
+            match seen.get(model) {
+                Some(m) => m.clone(),
+                None if seen.len() < MAX_MODELS => {
+                    let m: Arc<str> = Arc::from(model);
+                    seen.insert(m.clone());
+                    m
+                }
+                None => OTHER_MODEL.clone(),
+            }
+        };
+        for (token_type, n) in [
+            ("input", facts.input_tokens),
+            ("output", facts.output_tokens),
+        ] {
+            if let Some(n) = n.and_then(|n| u64::try_from(n).ok()) {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        route: route.clone(),
+                        operation,
+                        model: model.clone(),
+                        token_type,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+}
+
+static OTHER_MODEL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("other"));
+
 /// The route label of requests no route matched.
 static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("(none)"));
 
@@ -83,6 +150,7 @@ pub struct Metrics {
     upstream_duration: Family<TargetLabels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<ErrorLabels, Counter>,
     upstream_retries: Family<UpstreamLabels, Counter>,
+    tokens: TokenCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,6 +185,15 @@ impl Metrics {
             Family::new_with_constructor(latency_histogram);
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         let upstream_retries = Family::<UpstreamLabels, Counter>::default();
+        let tokens = TokenCounter {
+            tokens: Family::default(),
+            models: Arc::default(),
+        };
+        registry.register(
+            "wasmgate_genai_usage_tokens",
+            "Tokens the backend reported in OpenAI-style responses (`usage`), by route, operation, model and token type (input, output)",
+            tokens.tokens.clone(),
+        );
         registry.register(
             "wasmgate_http_requests",
             "Requests answered, by route, method and status",
@@ -155,7 +232,13 @@ impl Metrics {
             upstream_duration,
             upstream_errors,
             upstream_retries,
+            tokens,
         }
+    }
+
+    /// The GenAI token counter (cheap clone).
+    pub(crate) fn tokens(&self) -> TokenCounter {
+        self.tokens.clone()
     }
 
     /// A request started; the guard counts it in flight until dropped.
@@ -426,4 +509,38 @@ pub(crate) fn render(gw: &Gateway, metrics: &Arc<Metrics>) -> String {
     let _ = prometheus_client::encoding::text::encode_registry(&mut out, &scrape);
     let _ = prometheus_client::encoding::text::encode_eof(&mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_labels_are_capped_and_the_rest_counted_as_other() {
+        let m = Metrics::new();
+        let tokens = m.tokens();
+        let route: Arc<str> = Arc::from("llm");
+        for i in 0..MAX_MODELS + 5 {
+            let facts = crate::genai::Facts {
+                response_model: Some(format!("model-{i}")),
+                input_tokens: Some(2),
+                output_tokens: None,
+                ..Default::default()
+            };
+            tokens.add(&route, "chat", &facts);
+        }
+        // No usage reported: nothing counted, no label made.
+        tokens.add(&route, "chat", &crate::genai::Facts::default());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut out, &m.registry).unwrap();
+        let rows: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("wasmgate_genai_usage_tokens_total{"))
+            .collect();
+        assert_eq!(rows.len(), MAX_MODELS + 1, "{out}");
+        assert!(
+            rows.contains(&"wasmgate_genai_usage_tokens_total{route=\"llm\",operation=\"chat\",model=\"other\",token_type=\"input\"} 10"),
+            "{out}"
+        );
+    }
 }
