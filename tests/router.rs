@@ -20,8 +20,14 @@ fn tag(c: &mut Config, target: &str, region: Option<&str>, workers: &[&str]) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_checks_eject_a_failing_target_and_restore_it() {
+/// Targets `a` (its health check answers as the switch says) and `b`, behind a gateway that
+/// checks them every 50 ms.
+async fn two_checked_targets() -> (
+    wasmgate_testkit::TestUpstream,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    wasmgate_testkit::TestUpstream,
+    wasmgate_testkit::TestGateway,
+) {
     let (a, a_health) = upstream().health_switch("/health");
     let a = a.spawn().await;
     let (b, _) = upstream().health_switch("/health");
@@ -31,6 +37,27 @@ async fn health_checks_eject_a_failing_target_and_restore_it() {
         .config(|c| common::fast_health_checks(c, 2))
         .spawn()
         .await;
+    (a, a_health, b, gw)
+}
+
+/// Six requests through `gw` all succeed, and none reaches `target`.
+async fn six_requests_miss(
+    target: &wasmgate_testkit::TestUpstream,
+    gw: &wasmgate_testkit::TestGateway,
+    why: &str,
+) {
+    let before = target.requests_to("/v1");
+    let c = client();
+    for _ in 0..6 {
+        let r = c.get(gw.url("/v1/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(target.requests_to("/v1"), before, "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_eject_a_failing_target_and_restore_it() {
+    let (a, a_health, b, gw) = two_checked_targets().await;
     let c = client();
     for _ in 0..4 {
         let r = c.get(gw.url("/v1/x")).send().await.unwrap();
@@ -48,16 +75,8 @@ async fn health_checks_eject_a_failing_target_and_restore_it() {
         upstream.health_report()["healthy"] == 1
     })
     .await;
+    six_requests_miss(&a, &gw, "no request goes to an ejected target").await;
     let before = a.requests_to("/v1");
-    for _ in 0..6 {
-        let r = c.get(gw.url("/v1/x")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-    }
-    assert_eq!(
-        a.requests_to("/v1"),
-        before,
-        "no request goes to an ejected target"
-    );
 
     a_health.store(true, Ordering::SeqCst);
     eventually("a is restored", async || {
@@ -349,15 +368,7 @@ async fn least_loaded_follows_the_worker_registry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ejected_target_stays_ejected_across_a_reload_that_rebuilds_its_upstream() {
-    let (a, a_health) = upstream().health_switch("/health");
-    let a = a.spawn().await;
-    let (b, _) = upstream().health_switch("/health");
-    let b = b.spawn().await;
-    let gw = gateway()
-        .route("/", "default", &[a.url(), b.url()])
-        .config(|c| common::fast_health_checks(c, 2))
-        .spawn()
-        .await;
+    let (a, a_health, _b, gw) = two_checked_targets().await;
     a_health.store(false, Ordering::SeqCst);
     let upstream = gw.gateway().snapshot().upstreams["default"].clone();
     eventually("a is ejected", async || {
@@ -378,15 +389,10 @@ async fn an_ejected_target_stays_ejected_across_a_reload_that_rebuilds_its_upstr
         "the reload rebuilt the upstream"
     );
     assert_eq!(rebuilt.health_report()["healthy"], 1, "a is still ejected");
-    let before = a.requests_to("/v1");
-    let c = client();
-    for _ in 0..6 {
-        let r = c.get(gw.url("/v1/x")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-    }
-    assert_eq!(
-        a.requests_to("/v1"),
-        before,
-        "no request goes to the target ejected before the reload"
-    );
+    six_requests_miss(
+        &a,
+        &gw,
+        "no request goes to the target ejected before the reload",
+    )
+    .await;
 }
