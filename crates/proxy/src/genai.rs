@@ -30,6 +30,20 @@ pub const RESPONSE_TAIL_BYTES: usize = 8 * 1024;
 /// Longest SSE line looked at.
 const SSE_LINE_BYTES: usize = 64 * 1024;
 
+/// The GenAI operation (`gen_ai.operation.name`) of an OpenAI-style path.
+pub fn operation(path: &str) -> Option<&'static str> {
+    let path = path.trim_end_matches('/');
+    if path.ends_with("/chat/completions") {
+        Some("chat")
+    } else if path.ends_with("/completions") {
+        Some("text_completion")
+    } else if path.ends_with("/embeddings") {
+        Some("embeddings")
+    } else {
+        None
+    }
+}
+
 /// What the bodies said, shared by the request tap and the response scan.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Facts {

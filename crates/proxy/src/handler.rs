@@ -67,7 +67,7 @@ where
     // An OpenAI-style call: its response is read for the token usage (metrics, trace), and a
     // traced one's request body for its model on the way up.
     let traced = info.trace.is_some();
-    let genai = crate::otel::genai_operation(req.uri().path())
+    let genai = crate::genai::operation(req.uri().path())
         .filter(|_| traced || metrics.is_some())
         .map(|op| (op, crate::genai::SharedFacts::default()));
     let tap = genai.as_ref().filter(|_| traced).map(|g| g.1.clone());

@@ -179,20 +179,6 @@ pub(crate) fn traceparent_of(cx: &Context) -> crate::trace_context::TraceParent 
     }
 }
 
-/// The GenAI operation (`gen_ai.operation.name`) of an OpenAI-style path.
-pub(crate) fn genai_operation(path: &str) -> Option<&'static str> {
-    let path = path.trim_end_matches('/');
-    if path.ends_with("/chat/completions") {
-        Some("chat")
-    } else if path.ends_with("/completions") {
-        Some("text_completion")
-    } else if path.ends_with("/embeddings") {
-        Some("embeddings")
-    } else {
-        None
-    }
-}
-
 /// A point in wall-clock time for a monotonic `at`, given one pair read together.
 pub(crate) fn wall(at: Instant, base: (Instant, SystemTime)) -> SystemTime {
     match at.checked_duration_since(base.0) {
