@@ -94,8 +94,13 @@ where
     let path = path.filter(|_| access_log);
     // On GenAI paths the response body is read on its way for the model and token usage.
     let scan = genai.as_ref().and_then(|(_, facts)| {
-        let ct = resp.headers().get(header::CONTENT_TYPE);
-        let scan = crate::genai::ResponseScan::for_content_type(ct.and_then(|v| v.to_str().ok()));
+        let h = resp.headers();
+        // A compressed body (the client asked for it) is not read: its bytes say nothing.
+        let encoded = h
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let scan = crate::genai::ResponseScan::for_content_type(ct).filter(|_| !encoded);
         scan.map(|s| (s, facts.clone()))
     });
     if spans.is_none() && path.is_none() && scan.is_none() {
