@@ -1,13 +1,13 @@
 //! `GET /gateway/ui` in a real browser: Debian's Chromium, headless, loads the page from the
 //! gateway, is handed the admin token, and renders routes (rate, errors, p50/p99), upstream
-//! targets with health, plugins with state and cost, and GPU workers with region, GPU and
-//! heartbeat age. A screenshot goes to `test-output/dashboard.png`.
+//! targets with health, plugins with state and cost, token usage by model, and GPU workers
+//! with region, GPU and heartbeat age. A screenshot goes to `test-output/dashboard.png`.
 mod common;
 
 use common::{client, eventually, json};
 use fred::interfaces::KeysInterface;
 use wasmgate_config::Secret;
-use wasmgate_testkit::{gateway, upstream, RedisServer};
+use wasmgate_testkit::{gateway, RedisServer};
 
 const ADMIN: &str = "dash-admin-token";
 
@@ -91,7 +91,10 @@ async fn the_dashboard_renders_routes_targets_plugins_and_workers_in_chromium() 
     .await;
     put("worker:gpu-a:heartbeat", &now.as_millis().to_string()).await;
 
-    let up = upstream().spawn().await;
+    // An OpenAI-style backend (the inference simulator) and a dead target.
+    let up = wasmgate_testkit::sim::Simulator::spawn(Default::default())
+        .await
+        .unwrap();
     let dead = format!("http://127.0.0.1:{}", wasmgate_testkit::free_port());
     let gw = gateway()
         .route("/v1", "llm", &[up.url(), dead.clone()])
@@ -117,6 +120,15 @@ async fn the_dashboard_renders_routes_targets_plugins_and_workers_in_chromium() 
             c.get(gw.url("/v1/models")).send().await.unwrap().status(),
             200
         );
+    }
+    // Two completions: token usage by model.
+    let mut usage = (0, 0);
+    for _ in 0..2 {
+        let chat = serde_json::json!({"model": "llama-3-8b",
+            "messages": [{"role": "user", "content": "three word prompt"}]});
+        let answer = json(c.post(gw.url("/v1/chat/completions")).json(&chat)).await;
+        usage.0 += answer["usage"]["prompt_tokens"].as_u64().unwrap();
+        usage.1 += answer["usage"]["completion_tokens"].as_u64().unwrap();
     }
     eventually("the dead target is ejected", async || {
         json(c.get(gw.url("/gateway/health"))).await["status"] == "degraded"
@@ -185,7 +197,17 @@ async fn the_dashboard_renders_routes_targets_plugins_and_workers_in_chromium() 
     let p50: f64 = llm[3].parse().unwrap_or_else(|_| panic!("p50: {llm:?}"));
     let p99: f64 = llm[4].parse().unwrap_or_else(|_| panic!("p99: {llm:?}"));
     assert!(p50 > 0.0 && p99 >= p50, "{llm:?}");
-    assert_eq!(llm[5], "40", "{llm:?}");
+    assert_eq!(llm[5], "42", "40 model lists and 2 completions: {llm:?}");
+
+    // model, route, input tokens, output tokens, output tok/s
+    let models = table(&dom, "models");
+    let m = row(&models, 0, "llama-3-8b");
+    assert_eq!(m[1], "llm", "{m:?}");
+    assert_eq!(
+        (m[2].as_str(), m[3].as_str()),
+        (usage.0.to_string().as_str(), usage.1.to_string().as_str()),
+        "{m:?}"
+    );
 
     // upstream, target, health, in flight
     let targets = table(&dom, "targets");
