@@ -92,9 +92,12 @@ async fn the_dashboard_renders_routes_targets_plugins_and_workers_in_chromium() 
     put("worker:gpu-a:heartbeat", &now.as_millis().to_string()).await;
 
     // An OpenAI-style backend (the inference simulator) and a dead target.
-    let up = wasmgate_testkit::sim::Simulator::spawn(Default::default())
-        .await
-        .unwrap();
+    let up = wasmgate_testkit::sim::Simulator::spawn(wasmgate_testkit::sim::SimOptions {
+        token_delay: std::time::Duration::from_millis(5),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let dead = format!("http://127.0.0.1:{}", wasmgate_testkit::free_port());
     let gw = gateway()
         .route("/v1", "llm", &[up.url(), dead.clone()])
@@ -121,15 +124,27 @@ async fn the_dashboard_renders_routes_targets_plugins_and_workers_in_chromium() 
             200
         );
     }
-    // Two completions: token usage by model.
+    // Two completions (token usage by model) and a stream (time to first token).
     let mut usage = (0, 0);
+    let mut chat = serde_json::json!({"model": "llama-3-8b",
+        "messages": [{"role": "user", "content": "three word prompt"}]});
     for _ in 0..2 {
-        let chat = serde_json::json!({"model": "llama-3-8b",
-            "messages": [{"role": "user", "content": "three word prompt"}]});
         let answer = json(c.post(gw.url("/v1/chat/completions")).json(&chat)).await;
         usage.0 += answer["usage"]["prompt_tokens"].as_u64().unwrap();
         usage.1 += answer["usage"]["completion_tokens"].as_u64().unwrap();
     }
+    chat["stream"] = serde_json::json!(true);
+    let r = c.post(gw.url("/v1/chat/completions")).json(&chat);
+    let stream = r.send().await.unwrap().text().await.unwrap();
+    // The simulator reports usage in a stream's last event.
+    let last: serde_json::Value = stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .rfind(|v| v["usage"].is_object())
+        .expect("usage in the stream");
+    usage.0 += last["usage"]["prompt_tokens"].as_u64().unwrap();
+    usage.1 += last["usage"]["completion_tokens"].as_u64().unwrap();
     eventually("the dead target is ejected", async || {
         json(c.get(gw.url("/gateway/health"))).await["status"] == "degraded"
     })
@@ -197,9 +212,9 @@ async fn the_dashboard_renders_routes_targets_plugins_and_workers_in_chromium() 
     let p50: f64 = llm[3].parse().unwrap_or_else(|_| panic!("p50: {llm:?}"));
     let p99: f64 = llm[4].parse().unwrap_or_else(|_| panic!("p99: {llm:?}"));
     assert!(p50 > 0.0 && p99 >= p50, "{llm:?}");
-    assert_eq!(llm[5], "42", "40 model lists and 2 completions: {llm:?}");
+    assert_eq!(llm[5], "43", "40 model lists and 3 completions: {llm:?}");
 
-    // model, route, input tokens, output tokens, output tok/s
+    // model, route, input tokens, output tokens, output tok/s, TTFT p50 ms
     let models = table(&dom, "models");
     let m = row(&models, 0, "llama-3-8b");
     assert_eq!(m[1], "llm", "{m:?}");
@@ -208,6 +223,8 @@ async fn the_dashboard_renders_routes_targets_plugins_and_workers_in_chromium() 
         (usage.0.to_string().as_str(), usage.1.to_string().as_str()),
         "{m:?}"
     );
+    let ttft: f64 = m[5].parse().unwrap_or_else(|_| panic!("TTFT: {m:?}"));
+    assert!(ttft >= 5.0, "after the simulator's 5 ms prefill: {m:?}");
 
     // upstream, target, health, in flight
     let targets = table(&dom, "targets");

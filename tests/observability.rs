@@ -203,9 +203,14 @@ async fn metrics_count_requests_upstreams_and_plugins_with_bounded_labels() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_usage_of_openai_style_answers_is_counted_by_route_and_model() {
+async fn genai_token_usage_and_time_to_first_token_by_route_and_model() {
     use wasmgate_testkit::sim::{SimOptions, Simulator};
-    let sim = Simulator::spawn(SimOptions::default()).await.unwrap();
+    let sim = Simulator::spawn(SimOptions {
+        token_delay: std::time::Duration::from_millis(20),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let gw = gateway()
         .route("/v1", "llm", &[sim.url()])
         .config(|c| c.routes[0].name = Some("llm".into()))
@@ -254,5 +259,25 @@ async fn token_usage_of_openai_style_answers_is_counted_by_route_and_model() {
             .count(),
         4,
         "two models, two token types"
+    );
+    // One stream: its time to first token (the simulator's first event comes after 20 ms).
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let series = |part: &str| {
+        format!("wasmgate_genai_time_to_first_token_seconds_{part}{{route=\"llm\",model=\"m-a\"}}")
+    };
+    assert_eq!(value(&series("count")), 1.0, "streams only");
+    let ttft = value(&series("sum"));
+    assert!((0.02..2.0).contains(&ttft), "{ttft}");
+    assert!(
+        !text.contains(
+            "wasmgate_genai_time_to_first_token_seconds_count{route=\"llm\",model=\"m-b\"}"
+        ),
+        "m-b was only asked without streaming"
     );
 }

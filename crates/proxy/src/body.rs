@@ -290,8 +290,19 @@ impl ResponseEnd {
     }
 }
 
-/// What runs when a response body ends: its end and the body bytes sent.
-pub type OnEnd = Box<dyn FnOnce(ResponseEnd, u64) + Send>;
+/// How a response body went, for what runs at its end.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// How it ended.
+    pub how: ResponseEnd,
+    /// Body bytes sent.
+    pub bytes: u64,
+    /// When its first body byte passed (a stream's first event: time to first token).
+    pub first_byte: Option<Instant>,
+}
+
+/// What runs when a response body ends.
+pub type OnEnd = Box<dyn FnOnce(Ended) + Send>;
 
 /// A response body passed through unchanged, counting its bytes, optionally read by a GenAI
 /// scan, that calls `on_end` once when it ends, fails, or is dropped unfinished (the client
@@ -300,6 +311,7 @@ pub type OnEnd = Box<dyn FnOnce(ResponseEnd, u64) + Send>;
 pub struct EndBody {
     inner: ProxyBody,
     bytes: u64,
+    first_byte: Option<Instant>,
     scan: Option<(crate::genai::ResponseScan, crate::genai::SharedFacts)>,
     on_end: Option<OnEnd>,
 }
@@ -314,6 +326,7 @@ impl EndBody {
         EndBody {
             inner,
             bytes: 0,
+            first_byte: None,
             scan,
             on_end: Some(on_end),
         }
@@ -324,7 +337,11 @@ impl EndBody {
             if let Some((scan, facts)) = self.scan.take() {
                 scan.finish(&facts);
             }
-            on_end(how, self.bytes);
+            on_end(Ended {
+                how,
+                bytes: self.bytes,
+                first_byte: self.first_byte,
+            });
         }
     }
 }
@@ -352,6 +369,9 @@ impl Body for EndBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    if this.first_byte.is_none() && !data.is_empty() {
+                        this.first_byte = Some(Instant::now());
+                    }
                     this.bytes += data.len() as u64;
                     if let Some((scan, _)) = this.scan.as_mut() {
                         scan.feed(data);

@@ -163,6 +163,11 @@ impl ResponseScan {
         }
     }
 
+    /// An event stream (a streamed completion).
+    pub fn is_stream(&self) -> bool {
+        matches!(self, ResponseScan::Sse { .. })
+    }
+
     /// Looks at the next chunk.
     pub fn feed(&mut self, data: &[u8]) {
         match self {

@@ -108,19 +108,26 @@ where
     }
     // The access line, the spans and the token count wait for the end of the response body:
     // a streamed completion's duration is the stream's, and its usage comes last.
-    let tokens = match (metrics, &genai, &info.route) {
-        (Some(m), Some((op, facts)), Some(route)) if scan.is_some() => {
-            Some((m.tokens(), route.clone(), *op, facts.clone()))
+    let tokens = match (metrics, &genai, &info.route, &scan) {
+        (Some(m), Some((op, facts)), Some(route), Some((s, _))) => {
+            Some((m.genai(), route.clone(), *op, facts.clone(), s.is_stream()))
         }
         _ => None,
     };
     let client = conn.peer.ip();
-    let on_end: crate::body::OnEnd = Box::new(move |how, bytes| {
+    let on_end: crate::body::OnEnd = Box::new(move |ended| {
+        let crate::body::Ended { how, bytes, .. } = ended;
         if let Some(spans) = spans {
             spans.end(how);
         }
-        if let Some((counter, route, op, facts)) = tokens {
-            counter.add(&route, op, &facts.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some((counter, route, op, facts, stream)) = tokens {
+            // A stream's first event, from the request's start: time to first token.
+            let ttft = ended
+                .first_byte
+                .filter(|_| stream && status == 200)
+                .map(|at| at.duration_since(started));
+            let facts = facts.lock().unwrap_or_else(|p| p.into_inner());
+            counter.add(&route, op, &facts, ttft);
         }
         if let Some(path) = path {
             crate::access::Line {

@@ -78,41 +78,49 @@ struct TokenLabels {
 /// from backend answers: bounded in practice, capped here all the same).
 pub const MAX_MODELS: usize = 64;
 
-/// The token counter and the models it has seen: cloned into a response's completion.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    route: Arc<str>,
+    model: Arc<str>,
+}
+
+/// The GenAI metrics and the models they have seen: cloned into a response's completion.
 #[derive(Clone)]
-pub(crate) struct TokenCounter {
+pub(crate) struct GenAiMetrics {
     tokens: Family<TokenLabels, Counter>,
+    first_token: Family<ModelLabels, Histogram, fn() -> Histogram>,
     models: Arc<std::sync::Mutex<std::collections::HashSet<Arc<str>>>>,
 }
 
-impl TokenCounter {
-    /// Counts one response's usage (nothing when it reported none).
+impl GenAiMetrics {
+    /// Records one response: its usage (when it reported one) and, for a stream, the time to
+    /// its first event.
     pub(crate) fn add(
         &self,
         route: &Arc<str>,
         operation: &'static str,
         facts: &crate::genai::Facts,
+        first_token: Option<Duration>,
     ) {
-        if facts.input_tokens.is_none() && facts.output_tokens.is_none() {
+        let usage = facts.input_tokens.is_some() || facts.output_tokens.is_some();
+        if !usage && first_token.is_none() {
             return;
         }
-        let model = facts
-            .response_model
-            .as_deref()
-            .or(facts.request_model.as_deref())
-            .unwrap_or("unknown");
-        let model = {
-            let mut seen = self.models.lock().unwrap_or_else(|p| p.into_inner());
-            match seen.get(model) {
-                Some(m) => m.clone(),
-                None if seen.len() < MAX_MODELS => {
-                    let m: Arc<str> = Arc::from(model);
-                    seen.insert(m.clone());
-                    m
-                }
-                None => OTHER_MODEL.clone(),
-            }
-        };
+        let model = self.model_label(
+            facts
+                .response_model
+                .as_deref()
+                .or(facts.request_model.as_deref())
+                .unwrap_or("unknown"),
+        );
+        if let Some(t) = first_token {
+            self.first_token
+                .get_or_create(&ModelLabels {
+                    route: route.clone(),
+                    model: model.clone(),
+                })
+                .observe(t.as_secs_f64());
+        }
         for (token_type, n) in [
             ("input", facts.input_tokens),
             ("output", facts.output_tokens),
@@ -127,6 +135,20 @@ impl TokenCounter {
                     })
                     .inc_by(n);
             }
+        }
+    }
+
+    /// The label for `model`: itself among the first [`MAX_MODELS`] seen, else `other`.
+    fn model_label(&self, model: &str) -> Arc<str> {
+        let mut seen = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get(model) {
+            Some(m) => m.clone(),
+            None if seen.len() < MAX_MODELS => {
+                let m: Arc<str> = Arc::from(model);
+                seen.insert(m.clone());
+                m
+            }
+            None => OTHER_MODEL.clone(),
         }
     }
 }
@@ -150,7 +172,7 @@ pub struct Metrics {
     upstream_duration: Family<TargetLabels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<ErrorLabels, Counter>,
     upstream_retries: Family<UpstreamLabels, Counter>,
-    tokens: TokenCounter,
+    genai: GenAiMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -185,14 +207,20 @@ impl Metrics {
             Family::new_with_constructor(latency_histogram);
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         let upstream_retries = Family::<UpstreamLabels, Counter>::default();
-        let tokens = TokenCounter {
+        let genai = GenAiMetrics {
             tokens: Family::default(),
+            first_token: Family::new_with_constructor(latency_histogram),
             models: Arc::default(),
         };
         registry.register(
             "wasmgate_genai_usage_tokens",
             "Tokens the backend reported in OpenAI-style responses (`usage`), by route, operation, model and token type (input, output)",
-            tokens.tokens.clone(),
+            genai.tokens.clone(),
+        );
+        registry.register(
+            "wasmgate_genai_time_to_first_token_seconds",
+            "Streamed OpenAI-style completions: time from the request to the stream's first event, by route and model",
+            genai.first_token.clone(),
         );
         registry.register(
             "wasmgate_http_requests",
@@ -232,13 +260,13 @@ impl Metrics {
             upstream_duration,
             upstream_errors,
             upstream_retries,
-            tokens,
+            genai,
         }
     }
 
-    /// The GenAI token counter (cheap clone).
-    pub(crate) fn tokens(&self) -> TokenCounter {
-        self.tokens.clone()
+    /// The GenAI metrics (cheap clone).
+    pub(crate) fn genai(&self) -> GenAiMetrics {
+        self.genai.clone()
     }
 
     /// A request started; the guard counts it in flight until dropped.
@@ -518,7 +546,7 @@ mod tests {
     #[test]
     fn model_labels_are_capped_and_the_rest_counted_as_other() {
         let m = Metrics::new();
-        let tokens = m.tokens();
+        let tokens = m.genai();
         let route: Arc<str> = Arc::from("llm");
         for i in 0..MAX_MODELS + 5 {
             let facts = crate::genai::Facts {
@@ -527,10 +555,10 @@ mod tests {
                 output_tokens: None,
                 ..Default::default()
             };
-            tokens.add(&route, "chat", &facts);
+            tokens.add(&route, "chat", &facts, None);
         }
         // No usage reported: nothing counted, no label made.
-        tokens.add(&route, "chat", &crate::genai::Facts::default());
+        tokens.add(&route, "chat", &crate::genai::Facts::default(), None);
         let mut out = String::new();
         prometheus_client::encoding::text::encode_registry(&mut out, &m.registry).unwrap();
         let rows: Vec<&str> = out

@@ -191,6 +191,8 @@ impl SimState {
                 }
                 Bytes::from(format!("data: {v}\n\n"))
             };
+            // The first event comes after a token's time too (the prompt's prefill).
+            tokio::time::sleep(delay).await;
             let _ = tx.send(chunk(
                 json!({"role": "assistant"}),
                 Value::Null,

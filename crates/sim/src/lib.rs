@@ -39,7 +39,7 @@ pub struct SimOptions {
     pub regions: Vec<String>,
     /// Time between heartbeats.
     pub heartbeat_interval: Duration,
-    /// Delay between streamed tokens.
+    /// Delay between streamed tokens, and before a stream's first event (the prefill).
     pub token_delay: Duration,
     /// Time a job takes from submission to completion.
     pub job_duration: Duration,
