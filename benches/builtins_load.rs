@@ -6,13 +6,13 @@
 //! `cargo bench --bench builtins_load` (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONNECTIONS;
 //! BENCH_CHAIN=auth, rate-limit or router runs one built-in alone; BENCH_CHAIN=acip runs the
 //! chain the `.env` mode turns on: security-headers, cors, auth, rate-limit, cache with the job
-//! API excluded, round-robin).
+//! API excluded, round-robin). BENCH_UPSTREAM_MS gives the upstreams a latency.
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use wasmgate_config::{Config, RouterStrategy, Secret};
 use wasmgate_testkit::load::{
-    fast_upstream, knobs, run_load_with, serve_gateway, single_route_config,
+    knobs, run_load_with, serve_gateway, single_route_config, slow_upstream,
 };
 use wasmgate_testkit::RedisServer;
 
@@ -73,7 +73,15 @@ fn main() {
         .build()
         .unwrap();
     let redis = rt.block_on(RedisServer::start());
-    let upstreams = [fast_upstream(1), fast_upstream(1)];
+    // BENCH_UPSTREAM_MS: the backend's latency (0, the default, answers at once: the gateway's
+    // own cost is all there is to measure; an inference backend takes 10 ms to seconds).
+    let delay = std::time::Duration::from_millis(
+        std::env::var("BENCH_UPSTREAM_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    let upstreams = [slow_upstream(1, delay), slow_upstream(1, delay)];
     let plain = gateway("bench-plain", two_targets(upstreams));
     let memory = gateway("bench-memory", chain_config(upstreams, None));
     let on_redis = gateway("bench-redis", chain_config(upstreams, Some(redis.url())));
@@ -82,7 +90,7 @@ fn main() {
         ("auth+rate-limit+router, memory", memory),
         ("auth+rate-limit+router, Redis", on_redis),
     ];
-    println!("builtins_load: {conns} connections, {rounds} rounds x {secs}s, 1 worker thread per gateway; Redis on loopback");
+    println!("builtins_load: {conns} connections, {rounds} rounds x {secs}s, 1 worker thread per gateway; Redis on loopback; upstream latency {delay:?}");
     let load = |addr, d| rt.block_on(run_load_with(addr, "/api/v1/jobs/1", &[KEY], conns, d));
     for (_, addr) in targets {
         let warm = load(addr, Duration::from_millis(500));

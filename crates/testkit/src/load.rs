@@ -74,7 +74,12 @@ pub fn serve_gateway(
 
 /// A fixed-response HTTP/1.1 upstream on `workers` threads.
 pub fn fast_upstream(workers: usize) -> SocketAddr {
-    on_runtime("bench-upstream", workers, |tx| async move {
+    slow_upstream(workers, std::time::Duration::ZERO)
+}
+
+/// [`fast_upstream`] answering each request after `delay` (a backend's latency; zero: at once).
+pub fn slow_upstream(workers: usize, delay: std::time::Duration) -> SocketAddr {
+    on_runtime("bench-upstream", workers, move |tx| async move {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         tx.send(listener.local_addr().unwrap()).unwrap();
         loop {
@@ -83,7 +88,10 @@ pub fn fast_upstream(workers: usize) -> SocketAddr {
             };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let svc = service_fn(|_req: Request<Incoming>| async {
+                let svc = service_fn(move |_req: Request<Incoming>| async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     Ok::<_, Infallible>(
                         Response::builder()
                             .header("content-type", "application/json")
