@@ -281,22 +281,92 @@ impl OpensslKey {
     }
 
     fn rs256(&self, kid: &str, claims: &serde_json::Value) -> String {
-        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": kid});
-        let signing = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let input = self.pem.with_extension("input");
-        std::fs::write(&input, &signing).unwrap();
+        let (signing, signature) = openssl_sign(&self.pem, "RS256", kid, claims);
+        format!("{signing}.{}", b64(&signature))
+    }
+}
+
+/// `header.claims` of a JWT with `alg` and `kid`, and its signature by `openssl dgst -sha256`
+/// with the private key in `pem`.
+fn openssl_sign(
+    pem: &std::path::Path,
+    alg: &str,
+    kid: &str,
+    claims: &serde_json::Value,
+) -> (String, Vec<u8>) {
+    let header = serde_json::json!({"alg": alg, "typ": "JWT", "kid": kid});
+    let signing = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let input = pem.with_extension("input");
+    std::fs::write(&input, &signing).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(pem)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl dgst -sign");
+    (signing, out.stdout)
+}
+
+/// A P-256 key made by the `openssl` CLI: signs ES256 JWTs and describes itself as a JWK.
+struct OpensslEcKey {
+    pem: std::path::PathBuf,
+}
+
+impl OpensslEcKey {
+    fn generate(dir: &std::path::Path, name: &str) -> OpensslEcKey {
+        let pem = dir.join(format!("{name}.pem"));
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+            ])
+            .arg(&pem)
+            .status()
+            .expect("openssl is needed for ES256 tests")
+            .success();
+        assert!(ok, "openssl ecparam -genkey");
+        OpensslEcKey { pem }
+    }
+
+    fn jwk(&self, kid: &str) -> serde_json::Value {
         let out = std::process::Command::new("openssl")
-            .args(["dgst", "-sha256", "-sign"])
+            .args(["ec", "-pubout", "-outform", "DER", "-in"])
             .arg(&self.pem)
-            .arg(&input)
             .output()
             .unwrap();
-        assert!(out.status.success(), "openssl dgst -sign");
-        format!("{signing}.{}", b64(&out.stdout))
+        // The DER public key ends with the uncompressed point: 0x04, x, y.
+        let point = &out.stdout[out.stdout.len() - 65..];
+        assert_eq!(point[0], 4, "an uncompressed P-256 point");
+        serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid,
+                           "x": b64(&point[1..33]), "y": b64(&point[33..])})
+    }
+
+    /// An ES256 JWT: OpenSSL's DER signature turned into JWS's `r || s`, 32 bytes each.
+    fn es256(&self, kid: &str, claims: &serde_json::Value) -> String {
+        let (signing, der) = openssl_sign(&self.pem, "ES256", kid, claims);
+        // SEQUENCE { INTEGER r, INTEGER s }, short lengths for P-256.
+        assert_eq!(der[0], 0x30);
+        let int = |at: usize| -> (Vec<u8>, usize) {
+            assert_eq!(der[at], 0x02);
+            let len = der[at + 1] as usize;
+            let bytes = &der[at + 2..at + 2 + len];
+            let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
+            let mut fixed = vec![0u8; 32 - trimmed.len()];
+            fixed.extend_from_slice(&trimmed);
+            (fixed, at + 2 + len)
+        };
+        let (r, next) = int(2);
+        let (s, _) = int(next);
+        format!("{signing}.{}", b64(&[r, s].concat()))
     }
 }
 
@@ -475,11 +545,13 @@ async fn worker_tokens_match_hashes_made_by_python_hashlib() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jwts_hs256_and_rs256_with_claims_checked_and_tenants_for_later_plugins() {
+async fn jwts_hs256_rs256_and_es256_with_claims_checked_and_tenants_for_later_plugins() {
     let dir = tempdir("jwt");
     let key = OpensslKey::generate(&dir, "signer");
     let stranger = OpensslKey::generate(&dir, "stranger");
-    let jwks = serde_json::json!({"keys": [key.jwk("k1")]});
+    let ec = OpensslEcKey::generate(&dir, "ec-signer");
+    let ec_stranger = OpensslEcKey::generate(&dir, "ec-stranger");
+    let jwks = serde_json::json!({"keys": [key.jwk("k1"), ec.jwk("e1")]});
     std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
     let up = upstream().spawn().await;
     let jwks_file = dir.join("jwks.json").display().to_string();
@@ -524,6 +596,26 @@ async fn jwts_hs256_and_rs256_with_claims_checked_and_tenants_for_later_plugins(
     );
     assert!(common::echoed_header(&echo, "authorization").is_none());
     assert_eq!(status(key.rs256("k1", &claims("bob", "globex"))).await, 200);
+    // ES256 (P-256), signed by OpenSSL: several tokens, since r and s vary in length.
+    for sub in ["dave", "erin", "frank"] {
+        assert_eq!(status(ec.es256("e1", &claims(sub, "globex"))).await, 200);
+    }
+    assert_eq!(
+        status(ec_stranger.es256("e1", &claims("eve", "globex"))).await,
+        401,
+        "an ES256 token signed by a key not in the JWKS"
+    );
+    let forged = ec.es256("e1", &claims("eve", "globex"));
+    let (head, _) = forged.rsplit_once('.').unwrap();
+    let tampered = format!(
+        "{}.{}",
+        head.replace(
+            &b64(claims("eve", "globex").to_string().as_bytes()),
+            &b64(claims("mallory", "globex").to_string().as_bytes())
+        ),
+        forged.rsplit('.').next().unwrap()
+    );
+    assert_eq!(status(tampered).await, 401, "claims changed after signing");
 
     assert_eq!(
         status(hs256("wrong-secret", &claims("eve", "globex"))).await,

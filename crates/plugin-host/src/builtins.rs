@@ -44,18 +44,35 @@ fn sha256_hex(s: &str) -> String {
     hex::encode(sha2::Sha256::digest(s.as_bytes()))
 }
 
-/// The RS256 keys of a JWKS document: `[{"kid", "n", "e"}]`.
-fn jwks_rsa_keys(doc: &str, what: &str) -> Result<Vec<serde_json::Value>, String> {
+/// The keys of a JWKS document the auth plugin verifies with: RS256 (`[{"kid", "n", "e"}]`)
+/// and ES256 (P-256: `[{"kid", "x", "y"}]`). Other key types are skipped.
+fn jwks_keys(doc: &str, what: &str, keys: &mut JwtKeys) -> Result<(), String> {
     let v: serde_json::Value =
         serde_json::from_str(doc).map_err(|e| format!("{what}: not a JWKS document: {e}"))?;
-    let keys = v["keys"]
+    let list = v["keys"]
         .as_array()
         .ok_or_else(|| format!("{what}: a JWKS document has a `keys` list"))?;
-    Ok(keys
-        .iter()
-        .filter(|k| k["kty"] == "RSA" && k["n"].is_string() && k["e"].is_string())
-        .map(|k| json!({"kid": k["kid"], "n": k["n"], "e": k["e"]}))
-        .collect())
+    for k in list {
+        if k["kty"] == "RSA" && k["n"].is_string() && k["e"].is_string() {
+            keys.rsa
+                .push(json!({"kid": k["kid"], "n": k["n"], "e": k["e"]}));
+        } else if k["kty"] == "EC"
+            && k["crv"] == "P-256"
+            && k["x"].is_string()
+            && k["y"].is_string()
+        {
+            keys.ec
+                .push(json!({"kid": k["kid"], "x": k["x"], "y": k["y"]}));
+        }
+    }
+    Ok(())
+}
+
+/// The JWT public keys from the config's JWKS document and file.
+#[derive(Default)]
+struct JwtKeys {
+    rsa: Vec<serde_json::Value>,
+    ec: Vec<serde_json::Value>,
 }
 
 /// The `auth` built-in's `init` config: plain API keys become their sha256 (the plugin never
@@ -70,23 +87,21 @@ fn auth_settings(config: &Config) -> Result<PluginSettings, String> {
     ) {
         api_keys.push(json!({"id": &hash[..hash.len().min(8)], "sha256": hash}));
     }
-    let mut rsa = Vec::new();
+    let mut keys = JwtKeys::default();
     if let Some(doc) = &a.jwt_jwks {
-        rsa.extend(jwks_rsa_keys(doc, "auth.jwt_jwks")?);
+        jwks_keys(doc, "auth.jwt_jwks", &mut keys)?;
     }
     if let Some(path) = &a.jwt_jwks_file {
         let doc = std::fs::read_to_string(path)
             .map_err(|e| format!("auth.jwt_jwks_file `{path}`: {e}"))?;
-        rsa.extend(jwks_rsa_keys(
-            &doc,
-            &format!("auth.jwt_jwks_file `{path}`"),
-        )?);
+        jwks_keys(&doc, &format!("auth.jwt_jwks_file `{path}`"), &mut keys)?;
     }
     if api_keys.is_empty()
         && a.token_hashes.is_empty()
         && a.token_hash_set.is_none()
         && a.jwt_secret.is_none()
-        && rsa.is_empty()
+        && keys.rsa.is_empty()
+        && keys.ec.is_empty()
     {
         tracing::warn!("auth is enabled but no credential is configured: every routed request is refused (set AUTH_API_KEYS, AUTH_TOKEN_HASHES or JWT_SECRET, or AUTH_ENABLED=false)");
     }
@@ -97,7 +112,8 @@ fn auth_settings(config: &Config) -> Result<PluginSettings, String> {
         "token_hashes": a.token_hashes.iter().map(|h| h.expose().to_ascii_lowercase()).collect::<Vec<_>>(),
         "token_hash_set": a.token_hash_set,
         "jwt_secret": a.jwt_secret.as_ref().map(|s| s.expose()),
-        "jwt_rsa_keys": rsa,
+        "jwt_rsa_keys": keys.rsa,
+        "jwt_ec_keys": keys.ec,
         "jwt_issuer": a.jwt_issuer,
         "jwt_audience": a.jwt_audience,
         "jwt_tenant_claim": a.jwt_tenant_claim,

@@ -552,6 +552,25 @@ impl crypto::Host for HostState {
         )
         .is_ok()
     }
+    fn ecdsa_p256_sha256_verify(
+        &mut self,
+        x: Vec<u8>,
+        y: Vec<u8>,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> bool {
+        if x.len() != 32 || y.len() != 32 {
+            return false;
+        }
+        // The uncompressed SEC1 point: 0x04, x, y.
+        let mut point = Vec::with_capacity(65);
+        point.push(4);
+        point.extend_from_slice(&x);
+        point.extend_from_slice(&y);
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point)
+            .verify(&message, &signature)
+            .is_ok()
+    }
     fn random_bytes(&mut self, len: u32) -> Vec<u8> {
         let mut v = vec![0u8; len.min(1024) as usize];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut v);

@@ -6,8 +6,8 @@
 //!   the backend checks it too.
 //! - `X-API-Key: <key>` or `Authorization: Bearer <key>`: valid when sha256(key) is among the
 //!   configured key hashes (plain keys are hashed by the host before they reach the plugin).
-//! - `Authorization: Bearer <jwt>`: HS256 (shared secret) or RS256 (JWKS), with `exp`, `nbf`,
-//!   `iss` and `aud` checked.
+//! - `Authorization: Bearer <jwt>`: HS256 (shared secret), RS256 or ES256 (JWKS), with `exp`,
+//!   `nbf`, `iss` and `aud` checked.
 //!
 //! Every comparison of a secret is constant-time (`crypto.constant-time-eq`, over every
 //! candidate). The caller's identity (`key:<id>`, `worker:<hash prefix>`, `jwt:<sub>`) and
@@ -30,6 +30,14 @@ struct RsaKey {
     e: String,
 }
 
+/// A P-256 public key (JWK `kty: EC`, `crv: P-256`).
+#[derive(serde::Deserialize, Clone)]
+struct EcKey {
+    kid: Option<String>,
+    x: String,
+    y: String,
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
@@ -45,6 +53,8 @@ struct Settings {
     jwt_secret: Option<String>,
     #[serde(default)]
     jwt_rsa_keys: Vec<RsaKey>,
+    #[serde(default)]
+    jwt_ec_keys: Vec<EcKey>,
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
     #[serde(default = "default_tenant_claim")]
@@ -71,6 +81,8 @@ struct Auth {
     token_hashes: Vec<Vec<u8>>,
     /// Decoded RS256 keys: (kid, n, e).
     rsa: Vec<(Option<String>, Vec<u8>, Vec<u8>)>,
+    /// Decoded ES256 keys: (kid, x, y).
+    ec: Vec<(Option<String>, Vec<u8>, Vec<u8>)>,
 }
 
 /// A verified caller.
@@ -180,6 +192,13 @@ impl Auth {
                     .filter(|(k, _, _)| kid.is_none() || k.as_deref() == kid)
                     .any(|(_, n, e)| crypto::rsa_pkcs1_sha256_verify(n, e, signed.as_bytes(), &sig))
             }
+            Some("ES256") => {
+                let kid = header["kid"].as_str();
+                self.ec
+                    .iter()
+                    .filter(|(k, _, _)| kid.is_none() || k.as_deref() == kid)
+                    .any(|(_, x, y)| crypto::ecdsa_p256_sha256_verify(x, y, signed.as_bytes(), &sig))
+            }
             // `none` and every other algorithm are refused.
             _ => false,
         };
@@ -283,6 +302,17 @@ impl Plugin for Auth {
                 _ => Err(format!("JWKS key {:?}: n and e must be base64url", k.kid)),
             })
             .collect::<Result<_, _>>()?;
+        let ec = s
+            .jwt_ec_keys
+            .iter()
+            .map(|k| match (b64url(&k.x), b64url(&k.y)) {
+                (Some(x), Some(y)) if x.len() == 32 && y.len() == 32 => Ok((k.kid.clone(), x, y)),
+                _ => Err(format!(
+                    "JWKS key {:?}: x and y must be base64url of 32 bytes (P-256)",
+                    k.kid
+                )),
+            })
+            .collect::<Result<_, _>>()?;
         if !s.token_hash_format.contains("{token}") {
             return Err("token_hash_format must contain {token}".into());
         }
@@ -291,6 +321,7 @@ impl Plugin for Auth {
             keys,
             token_hashes,
             rsa,
+            ec,
         })
     }
 
