@@ -27,6 +27,8 @@ pub const REQUEST_SCAN_BYTES: usize = 64 * 1024;
 pub const RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 /// How much of the end of a longer JSON response is kept to find its `usage`.
 pub const RESPONSE_TAIL_BYTES: usize = 8 * 1024;
+/// The request's key, as it appears in the body.
+const MODEL_KEY: &[u8] = b"\"model\"";
 /// Longest SSE line looked at.
 const SSE_LINE_BYTES: usize = 64 * 1024;
 
@@ -69,8 +71,16 @@ pin_project_lite::pin_project! {
     pub struct RequestTap<B> {
         #[pin]
         inner: B,
-        scan: Option<(Vec<u8>, SharedFacts)>,
+        scan: Option<ModelScan>,
     }
+}
+
+/// The start of a request body so far, looked at for its `model`.
+struct ModelScan {
+    buf: Vec<u8>,
+    facts: SharedFacts,
+    /// `"model"` is in `buf`: from now on the buffer is walked for its value at each chunk.
+    key_seen: bool,
 }
 
 impl<B> RequestTap<B> {
@@ -78,7 +88,11 @@ impl<B> RequestTap<B> {
     pub fn new(inner: B, facts: Option<SharedFacts>) -> Self {
         RequestTap {
             inner,
-            scan: facts.map(|f| (Vec::new(), f)),
+            scan: facts.map(|facts| ModelScan {
+                buf: Vec::new(),
+                facts,
+                key_seen: false,
+            }),
         }
     }
 }
@@ -94,12 +108,23 @@ impl<B: Body<Data = Bytes>> Body for RequestTap<B> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         match (&polled, this.scan.as_mut()) {
-            (Poll::Ready(Some(Ok(frame))), Some((buf, shared))) => {
+            (Poll::Ready(Some(Ok(frame))), Some(scan)) => {
                 if let Some(data) = frame.data_ref() {
+                    let buf = &mut scan.buf;
                     let take = data.len().min(REQUEST_SCAN_BYTES.saturating_sub(buf.len()));
+                    // The buffer is walked only once `"model"` is in it (looked for in the new
+                    // bytes and the few before them it may straddle), not at every chunk of a
+                    // long prompt before it.
+                    let from = buf.len().saturating_sub(MODEL_KEY.len() - 1);
                     buf.extend_from_slice(&data[..take]);
-                    if let Some(model) = top_level_value(buf, "model").and_then(json_string) {
-                        facts(shared).request_model = Some(model);
+                    scan.key_seen =
+                        scan.key_seen || memchr::memmem::find(&buf[from..], MODEL_KEY).is_some();
+                    let found = scan
+                        .key_seen
+                        .then(|| top_level_value(buf, "model").and_then(json_string))
+                        .flatten();
+                    if let Some(model) = found {
+                        facts(&scan.facts).request_model = Some(model);
                         *this.scan = None;
                     } else if buf.len() >= REQUEST_SCAN_BYTES {
                         *this.scan = None;
@@ -144,16 +169,32 @@ pub enum ResponseScan {
 }
 
 impl ResponseScan {
+    /// The scan for a response with these headers: an uncompressed JSON or SSE body (a
+    /// compressed one, which the client asked for, says nothing in its bytes), else none.
+    pub fn for_response(headers: &http::HeaderMap) -> Option<ResponseScan> {
+        let encoded = headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let ct = headers.get(http::header::CONTENT_TYPE);
+        match encoded {
+            true => None,
+            false => Self::for_content_type(ct.and_then(|v| v.to_str().ok())),
+        }
+    }
+
     /// The scan for a response with this `Content-Type`: JSON or SSE, else none.
     pub fn for_content_type(content_type: Option<&str>) -> Option<ResponseScan> {
-        let ct = content_type?.trim_start().to_ascii_lowercase();
-        if ct.starts_with("text/event-stream") {
+        let ct = content_type?.trim_start().as_bytes();
+        let starts = |p: &[u8]| ct.len() >= p.len() && ct[..p.len()].eq_ignore_ascii_case(p);
+        if starts(b"text/event-stream") {
             Some(ResponseScan::Sse {
                 line: Vec::new(),
                 skipping: false,
                 seen: Facts::default(),
             })
-        } else if ct.starts_with("application/json") || ct.contains("+json") {
+        } else if starts(b"application/json")
+            || ct.windows(5).any(|w| w.eq_ignore_ascii_case(b"+json"))
+        {
             Some(ResponseScan::Json {
                 head: Vec::new(),
                 tail: None,
@@ -248,10 +289,11 @@ impl ResponseScan {
                 seen
             }
         };
+        // The response's facts are the scan's alone; the request tap set only the model asked.
         let mut f = facts(shared);
-        f.response_model = found.response_model.or(f.response_model.take());
-        f.input_tokens = found.input_tokens.or(f.input_tokens);
-        f.output_tokens = found.output_tokens.or(f.output_tokens);
+        f.response_model = found.response_model;
+        f.input_tokens = found.input_tokens;
+        f.output_tokens = found.output_tokens;
     }
 }
 
@@ -479,6 +521,38 @@ mod tests {
         let f = shared.lock().unwrap().clone();
         assert_eq!(f.response_model.as_deref(), Some("m-2"));
         assert_eq!((f.input_tokens, f.output_tokens), (Some(5), Some(9)));
+    }
+
+    #[tokio::test]
+    async fn the_request_model_is_found_when_its_key_straddles_chunks() {
+        use http_body_util::BodyExt;
+        let body = br#"{"messages":[{"role":"user","content":"a long prompt"}],"model":"m-7"}"#;
+        for size in [1, 3, 7, 16, body.len()] {
+            let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = body
+                .chunks(size)
+                .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+                .collect();
+            let shared = SharedFacts::default();
+            let tap = RequestTap::new(
+                http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
+                Some(shared.clone()),
+            );
+            let sent = tap.collect().await.unwrap().to_bytes();
+            assert_eq!(&sent[..], &body[..], "passed through unchanged");
+            let model = shared.lock().unwrap().request_model.clone();
+            assert_eq!(model.as_deref(), Some("m-7"), "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn compressed_responses_are_not_scanned() {
+        let mut h = http::HeaderMap::new();
+        h.insert("content-type", "Application/JSON".parse().unwrap());
+        assert!(ResponseScan::for_response(&h).is_some());
+        h.insert("content-encoding", "identity".parse().unwrap());
+        assert!(ResponseScan::for_response(&h).is_some());
+        h.insert("content-encoding", "gzip".parse().unwrap());
+        assert!(ResponseScan::for_response(&h).is_none());
     }
 
     #[test]

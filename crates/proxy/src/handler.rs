@@ -63,12 +63,13 @@ where
     }
     // The path (never the query) for the access line and the trace: one copy for both.
     let access_log = snap.config.log.access_log;
-    let path = (access_log || info.trace.is_some()).then(|| req.uri().path().to_owned());
+    let traced = info.trace.is_some();
+    let path = (access_log || traced).then(|| req.uri().path().to_owned());
     // An OpenAI-style call: its response is read for the token usage (metrics, trace), and a
     // traced one's request body for its model on the way up.
-    let traced = info.trace.is_some();
-    let genai = crate::genai::operation(req.uri().path())
-        .filter(|_| traced || metrics.is_some())
+    let genai = (traced || metrics.is_some())
+        .then(|| crate::genai::operation(req.uri().path()))
+        .flatten()
         .map(|op| (op, crate::genai::SharedFacts::default()));
     let tap = genai.as_ref().filter(|_| traced).map(|g| g.1.clone());
     let req = req.map(|b| crate::genai::RequestTap::new(b, tap));
@@ -94,40 +95,30 @@ where
     let path = path.filter(|_| access_log);
     // On GenAI paths the response body is read on its way for the model and token usage.
     let scan = genai.as_ref().and_then(|(_, facts)| {
-        let h = resp.headers();
-        // A compressed body (the client asked for it) is not read: its bytes say nothing.
-        let encoded = h
-            .get(header::CONTENT_ENCODING)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let scan = crate::genai::ResponseScan::for_content_type(ct).filter(|_| !encoded);
-        scan.map(|s| (s, facts.clone()))
+        let scan = crate::genai::ResponseScan::for_response(resp.headers())?;
+        Some((scan, facts.clone()))
     });
     if spans.is_none() && path.is_none() && scan.is_none() {
         return resp;
     }
     // The access line, the spans and the token count wait for the end of the response body:
     // a streamed completion's duration is the stream's, and its usage comes last.
-    let tokens = match (metrics, &genai, &info.route, &scan) {
-        (Some(m), Some((op, facts)), Some(route), Some((s, _))) => {
-            Some((m.genai(), route.clone(), *op, facts.clone(), s.is_stream()))
-        }
-        _ => None,
-    };
+    let stream = scan.as_ref().is_some_and(|(s, _)| s.is_stream());
+    let counter = metrics.filter(|_| scan.is_some()).map(|m| m.genai());
     let client = conn.peer.ip();
     let on_end: crate::body::OnEnd = Box::new(move |ended| {
         let crate::body::Ended { how, bytes, .. } = ended;
         if let Some(spans) = spans {
             spans.end(how);
         }
-        if let Some((counter, route, op, facts, stream)) = tokens {
+        if let (Some(counter), Some((op, facts)), Some(route)) = (counter, genai, &info.route) {
             // A stream's first event, from the request's start: time to first token.
             let ttft = ended
                 .first_byte
                 .filter(|_| stream && status == 200)
                 .map(|at| at.duration_since(started));
             let facts = facts.lock().unwrap_or_else(|p| p.into_inner());
-            counter.add(&route, op, &facts, ttft);
+            counter.add(route, op, &facts, ttft);
         }
         if let Some(path) = path {
             crate::access::Line {
@@ -825,31 +816,37 @@ async fn error_answer(
     info: &mut AccessInfo,
     snap: &Snapshot,
 ) -> Result<Response<ProxyBody>> {
-    let Some(mut session) = session.filter(|_| !matches!(e, ProxyError::Plugin(_))) else {
+    let Some(session) = session.filter(|_| !matches!(e, ProxyError::Plugin(_))) else {
         return Err(e);
     };
     info.error = Some(e.code());
-    let (mut parts, body) = error_response(&e, headers::request_id_str(request_id)).into_parts();
-    session
-        .response_headers(parts.status.as_u16(), &mut parts.headers, info.record(snap))
-        .await
-        .map_err(|f| ProxyError::Plugin(f.plugin))?;
-    parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    let guard = (permits.0, permits.1, Some(session));
-    let body = ResponseBody::new(body, None, guard).boxed_unsync();
-    Ok(Response::from_parts(parts, body))
+    let resp = error_response(&e, headers::request_id_str(request_id));
+    answer(Some(session), resp, request_id, permits, info.record(snap)).await
 }
 
 /// A local answer (a plugin's, or the gateway's own on a local route): run the response phase
 /// on it, then send it.
 async fn local_answer(
-    mut session: Option<Session>,
+    session: Option<Session>,
     local: wasmgate_plugin_host::bindings::LocalResponse,
     request_id: &HeaderValue,
     permits: (Option<InFlightPermit>, Option<InFlightPermit>),
     record: Option<&mut wasmgate_plugin_host::PluginOutcomes>,
 ) -> Result<Response<ProxyBody>> {
-    let (mut parts, body) = plugins::local_response(local).into_parts();
+    let resp = plugins::local_response(local);
+    answer(session, resp, request_id, permits, record).await
+}
+
+/// Sends a response the gateway made (a local answer or an error) through the plugins'
+/// response phase; the session and permits live until its body is sent.
+async fn answer(
+    mut session: Option<Session>,
+    resp: Response<ProxyBody>,
+    request_id: &HeaderValue,
+    permits: (Option<InFlightPermit>, Option<InFlightPermit>),
+    record: Option<&mut wasmgate_plugin_host::PluginOutcomes>,
+) -> Result<Response<ProxyBody>> {
+    let (mut parts, body) = resp.into_parts();
     if let Some(session) = session.as_mut() {
         session
             .response_headers(parts.status.as_u16(), &mut parts.headers, record)

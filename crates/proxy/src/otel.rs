@@ -345,8 +345,8 @@ impl SpanEnd {
         let mut attributes = Vec::new();
         if let Some((operation, facts)) = &self.genai {
             let f = facts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if let Some(m) = f.request_model {
-                attributes.push(KeyValue::new("gen_ai.request.model", m));
+            if let Some(m) = &f.request_model {
+                attributes.push(KeyValue::new("gen_ai.request.model", m.clone()));
             }
             if let Some(m) = f.response_model {
                 attributes.push(KeyValue::new("gen_ai.response.model", m));
@@ -359,11 +359,7 @@ impl SpanEnd {
             }
             if let Some(up) = &self.upstream {
                 // The GenAI convention's client span name: "{operation} {model}".
-                let model = attributes
-                    .first()
-                    .filter(|kv| kv.key.as_str() == "gen_ai.request.model")
-                    .map(|kv| kv.value.to_string());
-                let name = match model {
+                let name = match &f.request_model {
                     Some(m) => format!("{operation} {m}"),
                     None => operation.to_string(),
                 };

@@ -117,6 +117,17 @@ fn matches_any<'a>(candidate: &[u8], known: impl Iterator<Item = &'a [u8]>) -> O
     found
 }
 
+/// Whether a JWKS key verifies: the one the token's `kid` names, or any when it names none.
+fn any_key(
+    keys: &[(Option<String>, Vec<u8>, Vec<u8>)],
+    kid: Option<&str>,
+    verify: impl Fn(&[u8], &[u8]) -> bool,
+) -> bool {
+    keys.iter()
+        .filter(|(k, _, _)| kid.is_none() || k.as_deref() == kid)
+        .any(|(_, a, b)| verify(a, b))
+}
+
 fn now_s() -> u64 {
     clock::now_ms() / 1000
 }
@@ -185,20 +196,12 @@ impl Auth {
                 }
                 None => false,
             },
-            Some("RS256") => {
-                let kid = header["kid"].as_str();
-                self.rsa
-                    .iter()
-                    .filter(|(k, _, _)| kid.is_none() || k.as_deref() == kid)
-                    .any(|(_, n, e)| crypto::rsa_pkcs1_sha256_verify(n, e, signed.as_bytes(), &sig))
-            }
-            Some("ES256") => {
-                let kid = header["kid"].as_str();
-                self.ec
-                    .iter()
-                    .filter(|(k, _, _)| kid.is_none() || k.as_deref() == kid)
-                    .any(|(_, x, y)| crypto::ecdsa_p256_sha256_verify(x, y, signed.as_bytes(), &sig))
-            }
+            Some("RS256") => any_key(&self.rsa, header["kid"].as_str(), |n, e| {
+                crypto::rsa_pkcs1_sha256_verify(n, e, signed.as_bytes(), &sig)
+            }),
+            Some("ES256") => any_key(&self.ec, header["kid"].as_str(), |x, y| {
+                crypto::ecdsa_p256_sha256_verify(x, y, signed.as_bytes(), &sig)
+            }),
             // `none` and every other algorithm are refused.
             _ => false,
         };
