@@ -28,10 +28,14 @@ impl UpstreamView for TwoTargets {
     }
 }
 
-fn config() -> Config {
+/// Every built-in on; `auth` accepts `keys` API keys, the request's (`bench-key-1`) last.
+fn config(keys: usize) -> Config {
     let mut c = Config::default();
     c.auth.enabled = true;
-    c.auth.api_keys = vec![Secret::new("bench-key-1")];
+    c.auth.api_keys = (1..=keys)
+        .rev()
+        .map(|i| Secret::new(format!("bench-key-{i}")))
+        .collect();
     c.rate_limit.enabled = true;
     c.rate_limit.max_requests = u64::MAX >> 2;
     c.cache.enabled = true;
@@ -69,8 +73,13 @@ fn request() -> Box<RequestState> {
     Box::new(s)
 }
 
-fn load(rt: &tokio::runtime::Runtime, runtime: &PluginRuntime, name: &str) -> Arc<LoadedPlugin> {
-    let settings = builtins::enabled(&config())
+fn load(
+    rt: &tokio::runtime::Runtime,
+    runtime: &PluginRuntime,
+    name: &str,
+    keys: usize,
+) -> Arc<LoadedPlugin> {
+    let settings = builtins::enabled(&config(keys))
         .unwrap()
         .into_iter()
         .find(|(n, _)| *n == name)
@@ -97,9 +106,14 @@ fn bench(c: &mut Criterion) {
     let runtime = PluginRuntime::new(Default::default(), services).unwrap();
     let mut g = c.benchmark_group("builtin");
     let body = vec![b'x'; 1024];
-    let cases: [(&str, &str, Phase); 8] = [
+    let cases: [(&str, &str, Phase); 9] = [
         (
             "auth: API key, on-request-headers",
+            "auth",
+            Phase::RequestHeaders,
+        ),
+        (
+            "auth: API key among 100, on-request-headers",
             "auth",
             Phase::RequestHeaders,
         ),
@@ -140,7 +154,8 @@ fn bench(c: &mut Criterion) {
         ),
     ];
     for (label, name, phase) in cases {
-        let p = load(&rt, &runtime, name);
+        let keys = if label.contains("among 100") { 100 } else { 1 };
+        let p = load(&rt, &runtime, name, keys);
         let mut checkout = rt.block_on(p.checkout(None)).unwrap();
         let inst = checkout.inst.as_mut().unwrap();
         let mut s = request();

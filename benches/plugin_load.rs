@@ -2,6 +2,9 @@
 //! the gateway with no plugins, same upstream and load generator as bench-proxy, one worker
 //! thread each, interleaved rounds, median of per-round ratios. Target: >= 0.9.
 //! `cargo bench --bench plugin_load` (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONNECTIONS).
+//! BENCH_PLUGINS=N loads N copies of a plugin whose `on-request-headers` does nothing
+//! (`test-plugins/bench`, `read = "none"`) instead: the fixed cost of a plugin in the chain,
+//! without host calls or work of its own.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,26 +13,50 @@ use wasmgate_testkit::load::{
     fast_upstream, knobs, run_load, serve_gateway, single_route_config, LoadResult,
 };
 
-fn gateway(name: &str, upstream: SocketAddr, plugins: Option<PathBuf>) -> SocketAddr {
-    let expected = usize::from(plugins.is_some());
-    let (addr, loaded) = serve_gateway(name, single_route_config(upstream), plugins);
-    assert_eq!(loaded, expected, "the example plugin loaded");
+fn gateway(name: &str, upstream: SocketAddr, plugins: Option<(PathBuf, usize)>) -> SocketAddr {
+    let expected = plugins.as_ref().map_or(0, |p| p.1);
+    let (addr, loaded) = serve_gateway(name, single_route_config(upstream), plugins.map(|p| p.0));
+    assert_eq!(loaded, expected, "the plugins loaded");
     addr
+}
+
+/// Fills `dir`: the example plugin, or `n` no-op plugins (each with a manifest naming it).
+fn plugin_folder(dir: &std::path::Path, noops: Option<usize>) -> (usize, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let Some(n) = noops else {
+        std::fs::copy(
+            wasmgate_plugin_host::guests::ADD_HEADER,
+            dir.join("add-header.wasm"),
+        )
+        .unwrap();
+        return (1, "add-header".into());
+    };
+    for i in 0..n {
+        std::fs::copy(
+            wasmgate_plugin_host::guests::TP_BENCH,
+            dir.join(format!("noop-{i}.wasm")),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("noop-{i}.toml")),
+            format!("[config]\nread = \"none\"\nname = \"noop-{i}\"\n"),
+        )
+        .unwrap();
+    }
+    (n, format!("{n} no-op plugins"))
 }
 
 fn main() {
     let (secs, rounds, conns) = knobs();
     let dir = std::env::temp_dir().join(format!("wasmgate-bench-plugins-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        wasmgate_plugin_host::guests::ADD_HEADER,
-        dir.join("add-header.wasm"),
-    )
-    .unwrap();
+    let noops = std::env::var("BENCH_PLUGINS")
+        .ok()
+        .map(|v| v.parse().expect("BENCH_PLUGINS is a number"));
+    let (count, label) = plugin_folder(&dir, noops);
 
     let upstream = fast_upstream(1);
     let plain = gateway("bench-plain", upstream, None);
-    let with_plugin = gateway("bench-plugin", upstream, Some(dir.clone()));
+    let with_plugin = gateway("bench-plugin", upstream, Some((dir.clone(), count)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -62,7 +89,7 @@ fn main() {
             Duration::from_secs(secs),
         ));
         println!(
-            "  round {round}: no plugins {:>8.0} req/s p99 {:.3} ms | add-header {:>8.0} req/s p99 {:.3} ms | errors {}",
+            "  round {round}: no plugins {:>8.0} req/s p99 {:.3} ms | {label} {:>8.0} req/s p99 {:.3} ms | errors {}",
             a.rps, a.p99.as_secs_f64() * 1e3, b.rps, b.p99.as_secs_f64() * 1e3, a.errors + b.errors
         );
         ratios.push(b.rps / a.rps);
@@ -70,7 +97,7 @@ fn main() {
     }
     ratios.sort_by(f64::total_cmp);
     let median = ratios[ratios.len() / 2];
-    println!("\nwith one plugin / without, req/s (median of per-round ratios): {median:.3}  (target >= 0.90) {}",
+    println!("\nwith {label} / without, req/s (median of per-round ratios): {median:.3}  (target >= 0.90, one plugin) {}",
         if median >= 0.9 { "MET" } else { "MISSED" });
     println!(
         "per-round ratios: {:?}",

@@ -1,12 +1,16 @@
 //! The one `bindgen!` of the `gateway-plugin` world. Key-value calls are async (the state
 //! store may be Redis); every other import is a plain call. Exports are async so a guest can
 //! wait on an async import and be interrupted by the epoch deadline.
+//!
+//! The imports are not generated with bindgen's `tracing` option: it logs every argument and
+//! result that is not a list at TRACE level, which includes the request headers a plugin reads
+//! (`X-API-Key`, `Authorization`) and the properties it sets. Secrets never reach the log, at
+//! any level; plugin calls are traced by the session (`CallTiming`) instead.
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "gateway-plugin",
     imports: {
         "wasmgate:plugin/kv": async,
-        default: tracing,
     },
     exports: {
         default: async,

@@ -200,7 +200,11 @@ pub struct LoadedPlugin {
     pre: GatewayPluginPre<HostState>,
     engine: wasmtime::Engine,
     services: Arc<HostServices>,
-    pools: Mutex<HashMap<Option<String>, Arc<InstancePool>>>,
+    /// The pool of requests without a tenant: reached without a lock or a hash (every request
+    /// checks an instance out of it when tenants are not used).
+    shared_pool: Arc<InstancePool>,
+    /// The pools of tenants, each its own (no two tenants share an instance).
+    tenant_pools: Mutex<HashMap<String, Arc<InstancePool>>>,
     state: AtomicU8,
     failure: Mutex<Option<String>>,
     recent_traps: Mutex<VecDeque<Instant>>,
@@ -248,7 +252,8 @@ impl LoadedPlugin {
             pre,
             engine: engine.engine.clone(),
             services,
-            pools: Mutex::new(HashMap::new()),
+            shared_pool: Arc::default(),
+            tenant_pools: Mutex::new(HashMap::new()),
             state: AtomicU8::new(0),
             failure: Mutex::new(None),
             recent_traps: Mutex::new(VecDeque::new()),
@@ -311,12 +316,22 @@ impl LoadedPlugin {
     }
 
     fn pool(&self, tenant: Option<&str>) -> Arc<InstancePool> {
-        self.pools
-            .lock()
-            .unwrap()
-            .entry(tenant.map(str::to_string))
-            .or_default()
-            .clone()
+        let Some(tenant) = tenant else {
+            return self.shared_pool.clone();
+        };
+        let mut pools = self.tenant_pools.lock().unwrap();
+        match pools.get(tenant) {
+            Some(p) => p.clone(),
+            None => pools.entry(tenant.to_string()).or_default().clone(),
+        }
+    }
+
+    /// Every pool: the shared one, then the tenants'.
+    fn pools(&self) -> Vec<Arc<InstancePool>> {
+        let tenants = self.tenant_pools.lock().unwrap();
+        std::iter::once(self.shared_pool.clone())
+            .chain(tenants.values().cloned())
+            .collect()
     }
 
     fn budget_ticks(&self) -> u64 {
@@ -548,19 +563,19 @@ impl LoadedPlugin {
     }
 
     fn clear_pools(&self) {
-        for pool in self.pools.lock().unwrap().values() {
+        for pool in self.pools() {
             pool.clear();
         }
     }
 
     /// Idle instances across tenants.
     pub fn idle_instances(&self) -> usize {
-        self.pools.lock().unwrap().values().map(|p| p.idle()).sum()
+        self.pools().iter().map(|p| p.idle()).sum()
     }
 
     /// Live instances across tenants.
     pub fn live_instances(&self) -> usize {
-        self.pools.lock().unwrap().values().map(|p| p.live()).sum()
+        self.pools().iter().map(|p| p.live()).sum()
     }
 
     /// What to do when a call fails.

@@ -1,10 +1,17 @@
 //! Benchmark plugin: a request phase that reads one header (`{"read": "one"}`), copies all
-//! headers (`{"read": "all"}`) or reads nothing (`{"read": "none"}`), and continues.
+//! headers (`{"read": "all"}`) or reads nothing (`{"read": "none"}`), and continues. `name`
+//! (default `tp-bench`) lets one chain load it several times.
 use wasmgate_plugin_sdk::prelude::*;
 
 #[derive(serde::Deserialize)]
 struct Bench {
     read: String,
+    #[serde(default = "default_name")]
+    name: String,
+}
+
+fn default_name() -> String {
+    "tp-bench".into()
 }
 
 impl Plugin for Bench {
@@ -12,7 +19,7 @@ impl Plugin for Bench {
         config.parse()
     }
     fn info(&self) -> Info {
-        Info::new("tp-bench", "0.1.0").phase(Phase::RequestHeaders)
+        Info::new(&self.name, "0.1.0").phase(Phase::RequestHeaders)
     }
     fn on_request_headers(&mut self) -> Action {
         match self.read.as_str() {
