@@ -7,12 +7,18 @@
 //! BENCH_CHAIN=auth, rate-limit or router runs one built-in alone; BENCH_CHAIN=acip runs the
 //! chain the `.env` mode turns on: security-headers, cors, auth, rate-limit, cache with the job
 //! API excluded, round-robin). BENCH_UPSTREAM_MS gives the upstreams a latency.
+//!
+//! Each round also reports every gateway's CPU time per request (its thread's run time over
+//! the requests it served): a figure that, unlike req/s, does not move with what the machine's
+//! other core is doing. The ratio of CPU per request is the throughput ratio a gateway bound
+//! by its own thread would reach.
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use wasmgate_config::{Config, RouterStrategy, Secret};
 use wasmgate_testkit::load::{
-    knobs, run_load_with, serve_gateway, single_route_config, slow_upstream,
+    knobs, run_load_with, serve_gateway, single_route_config, slow_upstream, thread_cpu,
+    LoadResult,
 };
 use wasmgate_testkit::RedisServer;
 
@@ -53,6 +59,9 @@ fn chain_config(upstreams: [SocketAddr; 2], redis: Option<String>) -> Config {
     c.rate_limit.max_requests = u64::MAX >> 2;
     c.rate_limit.window_ms = 1_000;
     c.redis.url = redis.map(Secret::new);
+    if let Some(n) = std::env::var("BENCH_REDIS_POOL").ok().and_then(|v| v.parse().ok()) {
+        c.redis.pool_size = Some(n);
+    }
     c
 }
 
@@ -86,34 +95,54 @@ fn main() {
     let memory = gateway("bench-memory", chain_config(upstreams, None));
     let on_redis = gateway("bench-redis", chain_config(upstreams, Some(redis.url())));
     let targets = [
-        ("no plugins", plain),
-        ("auth+rate-limit+router, memory", memory),
-        ("auth+rate-limit+router, Redis", on_redis),
+        ("bench-plain", plain),
+        ("bench-memory", memory),
+        ("bench-redis", on_redis),
     ];
     println!("builtins_load: {conns} connections, {rounds} rounds x {secs}s, 1 worker thread per gateway; Redis on loopback; upstream latency {delay:?}");
-    let load = |addr, d| rt.block_on(run_load_with(addr, "/api/v1/jobs/1", &[KEY], conns, d));
-    for (_, addr) in targets {
-        let warm = load(addr, Duration::from_millis(500));
+    // A run's result and the gateway's CPU time per request, in µs.
+    let load = |name: &str, addr, d| -> (LoadResult, f64) {
+        let before = thread_cpu(name).unwrap_or_default();
+        let r = rt.block_on(run_load_with(addr, "/api/v1/jobs/1", &[KEY], conns, d));
+        let cpu = thread_cpu(name).unwrap_or_default().saturating_sub(before);
+        (r, cpu.as_secs_f64() * 1e6 / (r.requests + r.errors).max(1) as f64)
+    };
+    for (name, addr) in targets {
+        let (warm, _) = load(name, addr, Duration::from_millis(500));
         assert_eq!(warm.errors, 0, "every request passes the chain");
     }
     let (mut mem, mut red) = (Vec::new(), Vec::new());
+    let mut cpu: [Vec<f64>; 3] = Default::default();
     for round in 0..rounds {
         let r: Vec<_> = targets
             .iter()
-            .map(|(_, addr)| load(*addr, Duration::from_secs(secs)))
+            .map(|(name, addr)| load(name, *addr, Duration::from_secs(secs)))
             .collect();
         println!(
-            "  round {round}: none {:>7.0} req/s p99 {:.3} ms | memory {:>7.0} req/s p99 {:.3} ms | redis {:>7.0} req/s p99 {:.3} ms | errors {}",
-            r[0].rps, r[0].p99.as_secs_f64() * 1e3, r[1].rps, r[1].p99.as_secs_f64() * 1e3,
-            r[2].rps, r[2].p99.as_secs_f64() * 1e3, r[0].errors + r[1].errors + r[2].errors
+            "  round {round}: none {:>7.0} req/s {:>5.1} us cpu/req | memory {:>7.0} req/s {:>5.1} us | redis {:>7.0} req/s {:>5.1} us | p99 {:.2}/{:.2}/{:.2} ms | errors {}",
+            r[0].0.rps, r[0].1, r[1].0.rps, r[1].1, r[2].0.rps, r[2].1,
+            r[0].0.p99.as_secs_f64() * 1e3, r[1].0.p99.as_secs_f64() * 1e3, r[2].0.p99.as_secs_f64() * 1e3,
+            r[0].0.errors + r[1].0.errors + r[2].0.errors
         );
-        mem.push(r[1].rps / r[0].rps);
-        red.push(r[2].rps / r[0].rps);
+        mem.push(r[1].0.rps / r[0].0.rps);
+        red.push(r[2].0.rps / r[0].0.rps);
+        for (c, (_, us)) in cpu.iter_mut().zip(&r) {
+            c.push(*us);
+        }
     }
-    for v in [&mut mem, &mut red] {
+    let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-    }
-    let (m, r) = (mem[mem.len() / 2], red[red.len() / 2]);
+        v[v.len() / 2]
+    };
+    let (m, r) = (median(&mut mem), median(&mut red));
+    let [c0, c1, c2] = cpu.each_mut().map(median);
+    println!(
+        "\ngateway CPU per request (median): no plugins {c0:.1} us, chain on memory {c1:.1} us (+{:.1}), on Redis {c2:.1} us (+{:.1}); CPU ratios {:.3} / {:.3}",
+        c1 - c0,
+        c2 - c0,
+        c0 / c1,
+        c0 / c2
+    );
     println!(
         "\nchain on memory / no plugins: {m:.3} (target >= 0.80) {}",
         if m >= 0.8 { "MET" } else { "MISSED" }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use wasmgate_testkit::load::{
-    fast_upstream, knobs, run_load, serve_gateway, single_route_config, LoadResult,
+    fast_upstream, knobs, run_load, serve_gateway, single_route_config, thread_cpu, LoadResult,
 };
 
 fn gateway(name: &str, upstream: SocketAddr, plugins: Option<(PathBuf, usize)>) -> SocketAddr {
@@ -73,30 +73,41 @@ fn main() {
             Duration::from_millis(500),
         ));
     }
+    // A run's result and the gateway's CPU time per request, in µs (see builtins_load).
+    let load = |name: &str, addr| -> (LoadResult, f64) {
+        let before = thread_cpu(name).unwrap_or_default();
+        let r = rt.block_on(run_load(
+            addr,
+            "/api/v1/jobs/1",
+            conns,
+            Duration::from_secs(secs),
+        ));
+        let cpu = thread_cpu(name).unwrap_or_default().saturating_sub(before);
+        (r, cpu.as_secs_f64() * 1e6 / (r.requests + r.errors).max(1) as f64)
+    };
     let mut ratios = Vec::new();
-    let mut rows: Vec<(LoadResult, LoadResult)> = Vec::new();
+    let (mut cpu_a, mut cpu_b) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        let a = rt.block_on(run_load(
-            plain,
-            "/api/v1/jobs/1",
-            conns,
-            Duration::from_secs(secs),
-        ));
-        let b = rt.block_on(run_load(
-            with_plugin,
-            "/api/v1/jobs/1",
-            conns,
-            Duration::from_secs(secs),
-        ));
+        let (a, ca) = load("bench-plain", plain);
+        let (b, cb) = load("bench-plugin", with_plugin);
         println!(
-            "  round {round}: no plugins {:>8.0} req/s p99 {:.3} ms | {label} {:>8.0} req/s p99 {:.3} ms | errors {}",
+            "  round {round}: no plugins {:>8.0} req/s {ca:>5.1} us cpu/req p99 {:.3} ms | {label} {:>8.0} req/s {cb:>5.1} us p99 {:.3} ms | errors {}",
             a.rps, a.p99.as_secs_f64() * 1e3, b.rps, b.p99.as_secs_f64() * 1e3, a.errors + b.errors
         );
         ratios.push(b.rps / a.rps);
-        rows.push((a, b));
+        cpu_a.push(ca);
+        cpu_b.push(cb);
     }
-    ratios.sort_by(f64::total_cmp);
+    for v in [&mut ratios, &mut cpu_a, &mut cpu_b] {
+        v.sort_by(f64::total_cmp);
+    }
     let median = ratios[ratios.len() / 2];
+    let (ca, cb) = (cpu_a[cpu_a.len() / 2], cpu_b[cpu_b.len() / 2]);
+    println!(
+        "gateway CPU per request (median): no plugins {ca:.1} us, with {label} {cb:.1} us (+{:.1}); CPU ratio {:.3}",
+        cb - ca,
+        ca / cb
+    );
     println!("\nwith {label} / without, req/s (median of per-round ratios): {median:.3}  (target >= 0.90, one plugin) {}",
         if median >= 0.9 { "MET" } else { "MISSED" });
     println!(

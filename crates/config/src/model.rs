@@ -250,8 +250,9 @@ pub struct RedisConfig {
     /// Timeout of every Redis command, in ms. While Redis is known to be down, operations fail
     /// at once instead of waiting this long.
     pub command_timeout_ms: u64,
-    /// Connections in the pool (commands are pipelined on each).
-    pub pool_size: usize,
+    /// Connections in the pool (commands are pipelined on each); unset = one per worker
+    /// thread, as Envoy's Redis proxy keeps one connection per worker.
+    pub pool_size: Option<usize>,
     /// Keys the embedded in-memory store holds at most (used when `url` is unset); past it,
     /// expired keys and then the least recently used are evicted.
     pub memory_max_keys: usize,
@@ -265,7 +266,7 @@ impl Default for RedisConfig {
             db: 0,
             key_prefix: "gateway:".into(),
             command_timeout_ms: 200,
-            pool_size: 4,
+            pool_size: None,
             memory_max_keys: 100_000,
         }
     }

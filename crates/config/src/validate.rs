@@ -179,7 +179,7 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
             "must be greater than 0".into(),
         );
     }
-    if c.redis.pool_size == 0 {
+    if c.redis.pool_size == Some(0) {
         return err("redis.pool_size".into(), "must be at least 1".into());
     }
     if c.redis.memory_max_keys == 0 {

@@ -203,6 +203,33 @@ pub struct LoadResult {
     pub p99: Duration,
     /// Requests that failed or returned a non-2xx status.
     pub errors: u64,
+    /// Requests that completed (2xx).
+    pub requests: u64,
+}
+
+/// CPU time (user and system) used so far by this process's threads named `name` — a
+/// gateway's runtime threads, as [`serve_gateway`] names them — from
+/// `/proc/self/task/*/schedstat` (nanoseconds). Divided by the requests served, it is the
+/// gateway's own cost per request: unlike throughput, it does not depend on how busy the
+/// machine's other cores are. `None` off Linux.
+pub fn thread_cpu(name: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        // The kernel keeps 15 bytes of a thread's name.
+        let short = &name[..name.len().min(15)];
+        if comm.trim_end() != short {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(Duration::from_nanos(total))
 }
 
 /// Drives `connections` keep-alive connections to `addr`, each sending `GET path` back to back,
@@ -294,5 +321,6 @@ pub async fn run_load_with(
         p50: pct(0.50),
         p99: pct(0.99),
         errors,
+        requests: all.len() as u64,
     }
 }
