@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use wasmgate_config::{Config, RouterStrategy, Secret};
 use wasmgate_testkit::load::{
-    knobs, run_load_with, serve_gateway, single_route_config, slow_upstream, thread_cpu,
-    LoadResult,
+    knobs, run_load_with, serve_gateway, single_route_config, slow_upstream, thread_cpu, LoadResult,
 };
 use wasmgate_testkit::RedisServer;
 
@@ -59,7 +58,10 @@ fn chain_config(upstreams: [SocketAddr; 2], redis: Option<String>) -> Config {
     c.rate_limit.max_requests = u64::MAX >> 2;
     c.rate_limit.window_ms = 1_000;
     c.redis.url = redis.map(Secret::new);
-    if let Some(n) = std::env::var("BENCH_REDIS_POOL").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("BENCH_REDIS_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         c.redis.pool_size = Some(n);
     }
     c
@@ -105,7 +107,10 @@ fn main() {
         let before = thread_cpu(name).unwrap_or_default();
         let r = rt.block_on(run_load_with(addr, "/api/v1/jobs/1", &[KEY], conns, d));
         let cpu = thread_cpu(name).unwrap_or_default().saturating_sub(before);
-        (r, cpu.as_secs_f64() * 1e6 / (r.requests + r.errors).max(1) as f64)
+        (
+            r,
+            cpu.as_secs_f64() * 1e6 / (r.requests + r.errors).max(1) as f64,
+        )
     };
     for (name, addr) in targets {
         let (warm, _) = load(name, addr, Duration::from_millis(500));

@@ -83,7 +83,10 @@ fn main() {
             Duration::from_secs(secs),
         ));
         let cpu = thread_cpu(name).unwrap_or_default().saturating_sub(before);
-        (r, cpu.as_secs_f64() * 1e6 / (r.requests + r.errors).max(1) as f64)
+        (
+            r,
+            cpu.as_secs_f64() * 1e6 / (r.requests + r.errors).max(1) as f64,
+        )
     };
     let mut ratios = Vec::new();
     let (mut cpu_a, mut cpu_b) = (Vec::new(), Vec::new());

@@ -657,7 +657,10 @@ async fn jwts_hs256_rs256_and_es256_with_claims_checked_and_tenants_for_later_pl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_answers_preflights_before_auth_and_marks_allowed_responses() {
-    let up = upstream().spawn().await;
+    let up = upstream()
+        .echo_with("/vary", &[("vary", "Accept-Encoding")])
+        .spawn()
+        .await;
     let gw = gateway()
         .upstream(&up)
         .config(|c| {
@@ -720,6 +723,25 @@ async fn cors_answers_preflights_before_auth_and_marks_allowed_responses() {
     );
     assert_eq!(header(&r, "vary"), "Origin");
     assert!(header(&r, "access-control-expose-headers").contains("x-request-id"));
+    // The upstream's own `Vary` stays beside the gateway's `Origin`.
+    let r = get_with(
+        &c,
+        gw.url("/vary/x"),
+        &[("origin", "https://app.example"), ("x-api-key", "k1")],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let vary: Vec<_> = r
+        .headers()
+        .get_all("vary")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        vary,
+        ["Accept-Encoding", "Origin"],
+        "appended, not replaced"
+    );
     let r = get_with(
         &c,
         gw.url("/v1/models"),
@@ -736,7 +758,16 @@ async fn cors_answers_preflights_before_auth_and_marks_allowed_responses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_headers_are_added_and_configurable() {
-    let up = upstream().spawn().await;
+    let up = upstream()
+        .echo_with(
+            "/own",
+            &[
+                ("x-frame-options", "SAMEORIGIN"),
+                ("x-content-type-options", "nosniff"),
+            ],
+        )
+        .spawn()
+        .await;
     let gw = gateway()
         .upstream(&up)
         .config(|c| {
@@ -747,10 +778,16 @@ async fn security_headers_are_added_and_configurable() {
             c.security_headers
                 .headers
                 .insert("referrer-policy".into(), String::new());
+            c.auth.enabled = true;
+            c.auth.api_keys = vec![wasmgate_config::Secret::new("k1")];
         })
         .spawn()
         .await;
-    let r = client().get(gw.url("/v1/models")).send().await.unwrap();
+    let key = |r: reqwest::RequestBuilder| r.header("x-api-key", "k1");
+    let r = key(client().get(gw.url("/v1/models")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-content-type-options"), "nosniff");
     assert_eq!(header(&r, "cross-origin-opener-policy"), "same-origin");
@@ -763,6 +800,26 @@ async fn security_headers_are_added_and_configurable() {
         r.headers().get("strict-transport-security").is_none(),
         "HSTS only when the gateway listens with TLS"
     );
+    // The upstream's own policy wins, and nothing is doubled.
+    let r = key(client().get(gw.url("/own/x"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let frame: Vec<_> = r.headers().get_all("x-frame-options").iter().collect();
+    assert_eq!(frame, ["SAMEORIGIN"], "the upstream's, alone");
+    assert_eq!(
+        r.headers().get_all("x-content-type-options").iter().count(),
+        1
+    );
+    assert_eq!(header(&r, "cross-origin-opener-policy"), "same-origin");
+    // A plugin's local answer (auth's 401) gets them too.
+    let r = client()
+        .get(gw.url("/v1/models"))
+        .header("x-api-key", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(&r, "x-content-type-options"), "nosniff");
+    assert_eq!(header(&r, "x-frame-options"), "DENY");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,11 +43,43 @@ pub struct RequestState {
     /// Response headers, in response phases.
     pub response_headers: HeaderMap,
     /// Headers queued for the response by `add-response-header`.
-    pub queued_response_headers: Vec<(HeaderName, HeaderValue)>,
+    pub queued_response_headers: Vec<QueuedHeader>,
     /// The route's upstream, for the `upstream` import (router plugins).
     pub upstream: Option<Arc<dyn UpstreamView>>,
     /// Set by `skip-response-body` during a call; the session moves it to the plugin's slot.
     pub skip_response_body: bool,
+}
+
+/// A response header queued by `add-response-header(s)`, set when the response head is known.
+#[derive(Debug, Clone)]
+pub struct QueuedHeader {
+    /// Name.
+    pub name: HeaderName,
+    /// Value.
+    pub value: HeaderValue,
+    /// What it does to a header of that name already on the response.
+    pub mode: QueueMode,
+}
+
+pub use crate::bindings::wasmgate::plugin::request::QueueMode;
+
+impl QueuedHeader {
+    /// Applies the header to a response's headers.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        match self.mode {
+            QueueMode::Replace => {
+                headers.insert(self.name, self.value);
+            }
+            QueueMode::KeepExisting => {
+                if !headers.contains_key(&self.name) {
+                    headers.insert(self.name, self.value);
+                }
+            }
+            QueueMode::Append => {
+                headers.append(self.name, self.value);
+            }
+        }
+    }
 }
 
 /// What the `upstream` import reports of a route's upstream: implemented by the proxy's
@@ -262,6 +294,17 @@ fn set(map: &mut HeaderMap, name: &str, value: &str) {
 
 impl types::Host for HostState {}
 
+impl HostState {
+    /// Queues a response header (invalid names or values are ignored).
+    fn queue_response_header(&mut self, name: &str, value: &str, mode: QueueMode) {
+        if let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_str(value)) {
+            self.req
+                .queued_response_headers
+                .push(QueuedHeader { name, value, mode });
+        }
+    }
+}
+
 impl request::Host for HostState {
     fn method(&mut self) -> String {
         self.req.method.as_str().to_string()
@@ -328,8 +371,11 @@ impl request::Host for HostState {
         self.req.skip_response_body = true;
     }
     fn add_response_header(&mut self, name: String, value: String) {
-        if let (Some(n), Ok(v)) = (header_name(&name), HeaderValue::from_str(&value)) {
-            self.req.queued_response_headers.push((n, v));
+        self.queue_response_header(&name, &value, QueueMode::Replace);
+    }
+    fn add_response_headers(&mut self, headers: Vec<Header>, mode: QueueMode) {
+        for h in &headers {
+            self.queue_response_header(&h.name, &h.value, mode);
         }
     }
     fn remove_response_header(&mut self, name: String) {

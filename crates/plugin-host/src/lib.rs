@@ -36,7 +36,7 @@ pub mod session;
 pub mod settings;
 
 pub use engine::{EngineOptions, PluginEngine};
-pub use host::{RequestState, TargetView, UpstreamView};
+pub use host::{QueueMode, QueuedHeader, RequestState, TargetView, UpstreamView};
 pub use plugin::{CallFailure, LoadedPlugin, PluginSource, PluginState};
 pub use runtime::{PluginChain, PluginRuntime, Refusal};
 pub use services::HostServices;

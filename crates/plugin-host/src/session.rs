@@ -282,8 +282,8 @@ impl RequestSession {
     ) -> Result<(), PluginFailure> {
         self.state.response_status = Some(status);
         self.state.response_headers = std::mem::take(headers);
-        for (name, value) in self.state.queued_response_headers.drain(..) {
-            self.state.response_headers.insert(name, value);
+        for h in self.state.queued_response_headers.drain(..) {
+            h.apply(&mut self.state.response_headers);
         }
         let mut result = Ok(());
         for i in (0..self.plugins.len()).rev() {

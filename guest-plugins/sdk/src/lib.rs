@@ -34,6 +34,7 @@ pub mod bindings {
     });
 }
 
+pub use bindings::wasmgate::plugin::request::QueueMode;
 pub use bindings::wasmgate::plugin::types::{Header, LocalResponse, Phase};
 pub use bindings::wasmgate::plugin::{clock, crypto, kv, log, metrics, request, upstream, workers};
 
@@ -44,7 +45,7 @@ pub type Action = bindings::wasmgate::plugin::types::Action;
 pub mod prelude {
     pub use crate::{
         clock, crypto, export_plugin, kv, log, metrics, request, upstream, workers, Action, Config,
-        Header, Info, LocalResponse, Phase, Plugin,
+        Header, Info, LocalResponse, Phase, Plugin, QueueMode,
     };
 }
 

@@ -62,23 +62,26 @@ impl Plugin for Cors {
         let preflight = request::method() == "OPTIONS"
             && request::get_header("access-control-request-method").is_some();
         if !preflight {
-            // Queued for whatever the response is (the upstream's, or a plugin's 401/429).
+            // Queued for whatever the response is (the upstream's, or a plugin's 401/429), in
+            // one host call. `Vary: Origin` is appended: the upstream's own `Vary` (say
+            // `Accept-Encoding`) must survive, or a cache would mix up its variants.
             if self.allowed(&origin) {
-                request::add_response_header(
+                let mut set = vec![h(
                     "access-control-allow-origin",
                     &self.allow_origin_value(&origin),
-                );
-                if !(self.any() && !self.credentials) {
-                    request::add_response_header("vary", "Origin");
-                }
+                )];
                 if self.credentials {
-                    request::add_response_header("access-control-allow-credentials", "true");
+                    set.push(h("access-control-allow-credentials", "true"));
                 }
                 if !self.expose_headers.is_empty() {
-                    request::add_response_header(
+                    set.push(h(
                         "access-control-expose-headers",
                         &self.expose_headers.join(", "),
-                    );
+                    ));
+                }
+                request::add_response_headers(&set, QueueMode::Replace);
+                if !(self.any() && !self.credentials) {
+                    request::add_response_headers(&[h("vary", "Origin")], QueueMode::Append);
                 }
             }
             return Action::Continue;
