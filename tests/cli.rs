@@ -1,5 +1,6 @@
 //! The `wasmgate` binary: `check`, ACIP `.env` mode, worker threads, live reload (file change
-//! and SIGHUP, bad files refused), graceful shutdown on SIGTERM.
+//! and SIGHUP, bad files refused), graceful shutdown on SIGTERM (streams cut at its end are
+//! still logged).
 mod common;
 
 use std::time::Duration;
@@ -228,6 +229,43 @@ async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
             && l.contains("status=200")),
         "{log}"
     );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_at_the_end_of_the_grace_period_is_still_logged() {
+    let (up, events) = upstream().paced("/stream", "text/event-stream");
+    let up = up.spawn().await;
+    let dir = tempdir("cut");
+    let file = dir.join("wasmgate.toml");
+    let config = config_with(&[("/", &up.url())])
+        .replace("[server]\n", "[server]\nshutdown_grace_ms = 300\n");
+    std::fs::write(&file, config).unwrap();
+    let mut gw = spawn_with_file(&dir, &file);
+    let mut resp = client().get(gw.url("/stream")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    events.send("data: first\n\n".into()).unwrap();
+    let first = resp.chunk().await.unwrap().expect("the first event");
+    assert_eq!(&first[..], b"data: first\n\n");
+    // The stream never ends: the grace period runs out and the gateway cuts it.
+    gw.signal("TERM");
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits after the grace period");
+    assert!(status.success(), "{status:?}\n{}", gw.log());
+    let log = gw.log();
+    assert!(
+        log.contains("cutting remaining connections"),
+        "the grace period ran out: {log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("wasmgate::access") && l.contains("path=\"/stream\""))
+        .unwrap_or_else(|| panic!("the cut stream's access line was lost:\n{log}"));
+    assert!(line.contains("response_end=shutdown"), "{line}");
+    assert!(line.contains("bytes_sent=13"), "{line}");
+    drop(events);
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -277,6 +277,8 @@ pub enum ResponseEnd {
     ClientDisconnected,
     /// The body failed: the upstream broke off, or the request deadline passed.
     BodyError,
+    /// The gateway cut it: the shutdown grace period ran out while it was still streaming.
+    Shutdown,
 }
 
 impl ResponseEnd {
@@ -286,6 +288,7 @@ impl ResponseEnd {
             ResponseEnd::Complete => "complete",
             ResponseEnd::ClientDisconnected => "client_disconnected",
             ResponseEnd::BodyError => "body_error",
+            ResponseEnd::Shutdown => "shutdown",
         }
     }
 }
@@ -314,14 +317,18 @@ pub struct EndBody {
     first_byte: Option<Instant>,
     scan: Option<(crate::genai::ResponseScan, crate::genai::SharedFacts)>,
     on_end: Option<OnEnd>,
+    /// Set by the server when it cuts its remaining connections: a body dropped unfinished
+    /// then ended by the gateway's shutdown, not by its client.
+    cut: Arc<AtomicBool>,
 }
 
 impl EndBody {
-    /// Wraps `inner`.
+    /// Wraps `inner`; `cut` is the server's cutting flag ([`crate::handler::ConnInfo`]).
     pub fn new(
         inner: ProxyBody,
         scan: Option<(crate::genai::ResponseScan, crate::genai::SharedFacts)>,
         on_end: OnEnd,
+        cut: Arc<AtomicBool>,
     ) -> Self {
         EndBody {
             inner,
@@ -329,6 +336,7 @@ impl EndBody {
             first_byte: None,
             scan,
             on_end: Some(on_end),
+            cut,
         }
     }
 
@@ -348,9 +356,12 @@ impl EndBody {
 
 impl Drop for EndBody {
     fn drop(&mut self) {
-        let how = match self.inner.is_end_stream() {
-            true => ResponseEnd::Complete,
-            false => ResponseEnd::ClientDisconnected,
+        let how = if self.inner.is_end_stream() {
+            ResponseEnd::Complete
+        } else if self.cut.load(Ordering::Relaxed) {
+            ResponseEnd::Shutdown
+        } else {
+            ResponseEnd::ClientDisconnected
         };
         self.end(how);
     }

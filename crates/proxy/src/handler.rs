@@ -36,12 +36,15 @@ use wasmgate_plugin_host::{Decision, RequestSession};
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// What the handler knows about the downstream connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The peer's address.
     pub peer: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// Set when the server cuts its remaining connections at the end of the shutdown grace
+    /// period (shared by all of a server's connections).
+    pub cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Handles one request; never fails: errors become JSON responses.
@@ -145,7 +148,8 @@ where
             .emit();
         }
     });
-    resp.map(|b| crate::body::EndBody::new(b, scan, on_end).boxed_unsync())
+    let cut = conn.cut.clone();
+    resp.map(|b| crate::body::EndBody::new(b, scan, on_end, cut).boxed_unsync())
 }
 
 /// What metrics and the access log say about a request, filled in as it goes (cheap clones:

@@ -3,6 +3,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -10,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::handler::{self, ConnInfo};
@@ -88,20 +91,28 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and lets connections finish
-    /// their in-flight requests for up to `server.shutdown_grace_ms`.
+    /// their in-flight requests for up to `server.shutdown_grace_ms`. Connections still open
+    /// then are cut, and `run` returns once their tasks have ended: what ends with a request
+    /// (its access line, its spans) has run by then, marked `response_end = "shutdown"`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
+        let cut = Arc::new(AtomicBool::new(false));
+        let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.spawn_connection(stream, peer, &graceful),
+                    Ok((stream, peer)) => {
+                        self.spawn_connection(&mut connections, stream, peer, &graceful, &cut)
+                    }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
+                // Reap finished connections so the set holds only live ones.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 _ = &mut shutdown => break,
             }
         }
@@ -112,24 +123,43 @@ impl Server {
         );
         match tokio::time::timeout(self.grace, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections drained"),
-            Err(_) => tracing::warn!("shutdown grace period over: cutting remaining connections"),
+            Err(_) => {
+                tracing::warn!(
+                    connections = connections.len(),
+                    "shutdown grace period over: cutting remaining connections"
+                );
+                cut.store(true, Ordering::Relaxed);
+            }
         }
+        // Cut what is left and wait until every connection task has ended (dropping a
+        // response runs its end: the access line is batched before the caller flushes).
+        connections.shutdown().await;
     }
 
-    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
+    fn spawn_connection(
+        &self,
+        connections: &mut JoinSet<()>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        graceful: &GracefulShutdown,
+        cut: &Arc<AtomicBool>,
+    ) {
         let _ = stream.set_nodelay(true);
         let gateway = self.gateway.clone();
         let builder = self.builder.clone();
         let tls = self.tls.clone();
         let handshake_timeout = self.handshake_timeout;
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let conn = ConnInfo {
+        let cut = cut.clone();
+        connections.spawn(async move {
+            let conn = Arc::new(ConnInfo {
                 peer,
                 tls: tls.is_some(),
-            };
+                cut,
+            });
             let service = service_fn(move |req| {
                 let gateway = gateway.clone();
+                let conn = conn.clone();
                 async move { Ok::<_, Infallible>(handler::handle(&gateway, req, &conn).await) }
             });
             let result =
