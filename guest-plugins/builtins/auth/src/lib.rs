@@ -159,7 +159,7 @@ impl Auth {
             .replace("{salt}", &self.s.token_salt)
             .replace("{token}", token);
         let hash = sha256(material.as_bytes());
-        let hash_hex = hex::encode(&hash);
+        let hash_hex = hex::encode(hash);
         let known = matches_any(&hash, self.token_hashes.iter().map(Vec::as_slice)).is_some();
         let known = known
             || match &self.s.token_hash_set {

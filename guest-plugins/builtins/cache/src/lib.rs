@@ -164,7 +164,7 @@ impl Cache {
                 }
             }
         }
-        hex::encode(&crypto::sha256(material.as_bytes()))
+        hex::encode(crypto::sha256(material.as_bytes()))
     }
 
     /// A stored entry for this request, when its `Vary` headers match.

@@ -80,7 +80,7 @@ impl Plugin for Cors {
                     ));
                 }
                 request::add_response_headers(&set, QueueMode::Replace);
-                if !(self.any() && !self.credentials) {
+                if !self.any() || self.credentials {
                     request::add_response_headers(&[h("vary", "Origin")], QueueMode::Append);
                 }
             }

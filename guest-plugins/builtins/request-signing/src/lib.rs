@@ -57,10 +57,10 @@ impl Plugin for Signer {
                 "{}:{}:{}:{}",
                 request::method(),
                 path,
-                hex::encode(&digest),
+                hex::encode(digest),
                 timestamp
             );
-            let signature = hex::encode(&crypto::hmac_sha256(&self.secret, message.as_bytes()));
+            let signature = hex::encode(crypto::hmac_sha256(&self.secret, message.as_bytes()));
             request::set_header("x-timestamp", &timestamp);
             request::set_header("x-signature", &signature);
         }
