@@ -249,6 +249,14 @@ fn run(loader: ConfigLoader, config: wasmgate_config::Config) -> anyhow::Result<
         tracing::info!(backend = state.store.kind(), "state store ready");
         let services =
             wasmgate_plugin_host::HostServices::from_state(&state, &config.redis.key_prefix);
+        // An identity provider's keys before the auth plugin starts, so the first requests
+        // find them (the gateway refreshes them from then on).
+        if let (true, Some(url)) = (config.auth.enabled, &config.auth.jwt_jwks_url) {
+            match wasmgate_proxy::jwks::fetch_into_builtins(url).await {
+                Ok(_) => tracing::info!(%url, "JWKS fetched"),
+                Err(e) => tracing::warn!(%url, error = %e, "JWKS not fetched at start; JWTs are refused until a fetch succeeds (retried every 10 s)"),
+            }
+        }
         // The folder and the built-ins, unless plugins are off.
         let plugins = match config.plugins.enabled {
             true => wasmgate_plugin_host::folder::start_gateway_plugins(

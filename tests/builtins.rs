@@ -655,6 +655,91 @@ async fn jwts_hs256_rs256_and_es256_with_claims_checked_and_tenants_for_later_pl
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// Polls until a request with `token` gets `want` (the JWKS refresh runs in the background).
+async fn until_status(c: &reqwest::Client, url: &str, token: &str, want: u16) -> bool {
+    for _ in 0..100 {
+        let r = c.get(url).bearer_auth(token).send().await.unwrap();
+        if r.status().as_u16() == want {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_from_an_identity_provider_url_is_fetched_refreshed_and_kept_through_failures() {
+    let dir = tempdir("jwks-url");
+    let old = OpensslKey::generate(&dir, "old");
+    let new = OpensslKey::generate(&dir, "new");
+    let doc = |key: &OpensslKey, kid: &str| serde_json::json!({"keys": [key.jwk(kid)]}).to_string();
+    let (idp, jwks) = upstream().document("/.well-known/jwks.json", &doc(&old, "k-old"));
+    let idp = idp.spawn().await;
+    let up = upstream().spawn().await;
+    let url = format!("{}/.well-known/jwks.json", idp.url());
+    let gw = gateway()
+        .upstream(&up)
+        .config(move |c| {
+            c.auth.enabled = true;
+            c.auth.jwt_jwks_url = Some(url);
+            c.auth.jwt_jwks_refresh_s = 1;
+        })
+        .spawn()
+        .await;
+    let c = client();
+    let claims = serde_json::json!({"sub": "carol", "exp": unix_now() + 300});
+    let by_old = old.rs256("k-old", &claims);
+    let by_new = new.rs256("k-new", &claims);
+    let target = gw.url("/v1/chat");
+    assert!(
+        until_status(&c, &target, &by_old, 200).await,
+        "the provider's key was fetched"
+    );
+    assert_eq!(
+        c.get(&target)
+            .bearer_auth(&by_new)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "a key the provider does not publish"
+    );
+    // The provider rotates its key: picked up at the next refresh, the old one dropped.
+    *jwks.lock().unwrap() = doc(&new, "k-new").into();
+    assert!(until_status(&c, &target, &by_new, 200).await, "rotated in");
+    assert!(until_status(&c, &target, &by_old, 401).await, "rotated out");
+    // The provider fails (503), then serves garbage: the last good keys stay.
+    *jwks.lock().unwrap() = bytes::Bytes::new();
+    let fetches = idp.requests_to("/.well-known/jwks.json");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(
+        idp.requests_to("/.well-known/jwks.json") > fetches,
+        "fetched again"
+    );
+    assert_eq!(
+        c.get(&target)
+            .bearer_auth(&by_new)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    *jwks.lock().unwrap() = "{\"not\": \"a jwks\"}".into();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        c.get(&target)
+            .bearer_auth(&by_new)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_answers_preflights_before_auth_and_marks_allowed_responses() {
     let up = upstream()

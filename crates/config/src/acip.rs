@@ -27,6 +27,8 @@ pub const ACIP_ENV_NAMES: &[(&str, &str)] = &[
     ("AUTH_TOKEN_HASH_FORMAT", "auth.token_hash_format"),
     ("JWT_SECRET", "auth.jwt_secret"),
     ("JWT_JWKS_FILE", "auth.jwt_jwks_file"),
+    ("JWT_JWKS_URL", "auth.jwt_jwks_url"),
+    ("JWT_JWKS_REFRESH_S", "auth.jwt_jwks_refresh_s"),
     ("RATE_LIMIT_ENABLED", "rate_limit.enabled"),
     ("RATE_LIMIT_WINDOW_MS", "rate_limit.window_ms"),
     ("RATE_LIMIT_MAX_REQUESTS", "rate_limit.max_requests"),
@@ -241,6 +243,12 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
     r.string("AUTH_TOKEN_HASH_FORMAT", &mut c.auth.token_hash_format);
     c.auth.jwt_secret = r.secret("JWT_SECRET");
     c.auth.jwt_jwks_file = r.opt_string("JWT_JWKS_FILE");
+    c.auth.jwt_jwks_url = r.opt_string("JWT_JWKS_URL");
+    r.parse(
+        "JWT_JWKS_REFRESH_S",
+        "a number of seconds",
+        &mut c.auth.jwt_jwks_refresh_s,
+    )?;
 
     c.rate_limit.enabled = true;
     r.bool("RATE_LIMIT_ENABLED", &mut c.rate_limit.enabled)?;

@@ -410,6 +410,11 @@ pub struct AuthConfig {
     pub jwt_jwks: Option<String>,
     /// A JWKS file with RS256 public keys, read at startup and on reload (`JWT_JWKS_FILE`).
     pub jwt_jwks_file: Option<String>,
+    /// An identity provider's JWKS endpoint (`http(s)://…`, `JWT_JWKS_URL`): fetched at start
+    /// and every `jwt_jwks_refresh_s`; a failed fetch keeps the keys of the last good one.
+    pub jwt_jwks_url: Option<String>,
+    /// How often the JWKS URL is fetched again, in seconds (`JWT_JWKS_REFRESH_S`).
+    pub jwt_jwks_refresh_s: u64,
     /// Required `iss` claim.
     pub jwt_issuer: Option<String>,
     /// Required audience: the `aud` claim (a string or a list) must contain it.
@@ -433,6 +438,8 @@ impl Default for AuthConfig {
             jwt_secret: None,
             jwt_jwks: None,
             jwt_jwks_file: None,
+            jwt_jwks_url: None,
+            jwt_jwks_refresh_s: 300,
             jwt_issuer: None,
             jwt_audience: None,
             jwt_tenant_claim: "tenant".into(),

@@ -285,6 +285,23 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
             );
         }
     }
+    if let Some(url) = &c.auth.jwt_jwks_url {
+        let ok = url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            return err(
+                "auth.jwt_jwks_url".into(),
+                format!("`{url}` is not an http:// or https:// URL"),
+            );
+        }
+        if c.auth.jwt_jwks_refresh_s == 0 {
+            return err(
+                "auth.jwt_jwks_refresh_s".into(),
+                "must be at least 1 second".into(),
+            );
+        }
+    }
     if let Some(set) = &c.auth.token_hash_set {
         if set.is_empty() || set.contains(['*', '?', '[', ']']) {
             return err(
@@ -395,6 +412,23 @@ mod tests {
         c.routes.push(c.routes[0].clone());
         c.routes[1].prefix = "/api/".into();
         assert!(check(&c).contains("used by another route"));
+    }
+
+    #[test]
+    fn a_jwks_url_must_be_http_and_refreshed() {
+        let mut c = base();
+        for bad in ["idp.example/jwks", "file:///etc/jwks.json", "https://"] {
+            c.auth.jwt_jwks_url = Some(bad.into());
+            assert!(
+                check(&c).contains("auth.jwt_jwks_url"),
+                "{bad}: {}",
+                check(&c)
+            );
+        }
+        c.auth.jwt_jwks_url = Some("https://idp.example/.well-known/jwks.json".into());
+        assert_eq!(check(&c), "");
+        c.auth.jwt_jwks_refresh_s = 0;
+        assert!(check(&c).contains("auth.jwt_jwks_refresh_s"));
     }
 
     #[test]

@@ -68,6 +68,35 @@ fn jwks_keys(doc: &str, what: &str, keys: &mut JwtKeys) -> Result<(), String> {
     Ok(())
 }
 
+/// The last good JWKS document fetched from each `auth.jwt_jwks_url` (the proxy fetches and
+/// refreshes them; the `auth` built-in is configured from what is here).
+static REMOTE_JWKS: std::sync::Mutex<Option<std::collections::HashMap<String, String>>> =
+    std::sync::Mutex::new(None);
+
+/// Records the JWKS document fetched from `url`. Returns whether it differs from the one held
+/// (the built-ins need configuring again only then); an invalid document is refused and the
+/// previous one kept.
+pub fn set_remote_jwks(url: &str, doc: String) -> Result<bool, String> {
+    let mut keys = JwtKeys::default();
+    jwks_keys(&doc, &format!("JWKS from {url}"), &mut keys)?;
+    if keys.rsa.is_empty() && keys.ec.is_empty() {
+        return Err(format!(
+            "JWKS from {url}: no RS256 or ES256 (P-256) key in it"
+        ));
+    }
+    let mut held = REMOTE_JWKS.lock().unwrap_or_else(|p| p.into_inner());
+    let held = held.get_or_insert_with(std::collections::HashMap::new);
+    Ok(held.insert(url.to_string(), doc.clone()).as_ref() != Some(&doc))
+}
+
+fn remote_jwks(url: &str) -> Option<String> {
+    REMOTE_JWKS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|m| m.get(url).cloned())
+}
+
 /// The JWT public keys from the config's JWKS document and file.
 #[derive(Default)]
 struct JwtKeys {
@@ -96,10 +125,17 @@ fn auth_settings(config: &Config) -> Result<PluginSettings, String> {
             .map_err(|e| format!("auth.jwt_jwks_file `{path}`: {e}"))?;
         jwks_keys(&doc, &format!("auth.jwt_jwks_file `{path}`"), &mut keys)?;
     }
+    if let Some(url) = &a.jwt_jwks_url {
+        // Fetched by the proxy; until the first fetch succeeds JWTs are refused (401).
+        if let Some(doc) = remote_jwks(url) {
+            jwks_keys(&doc, &format!("JWKS from {url}"), &mut keys)?;
+        }
+    }
     if api_keys.is_empty()
         && a.token_hashes.is_empty()
         && a.token_hash_set.is_none()
         && a.jwt_secret.is_none()
+        && a.jwt_jwks_url.is_none()
         && keys.rsa.is_empty()
         && keys.ec.is_empty()
     {

@@ -16,6 +16,7 @@ mod forwarded;
 pub mod genai;
 pub mod handler;
 pub mod headers;
+pub mod jwks;
 pub mod limit;
 pub mod metrics;
 pub mod otel;

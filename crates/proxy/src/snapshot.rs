@@ -180,7 +180,8 @@ impl Gateway {
         let max = config.server.max_in_flight;
         let otel = crate::otel::Otel::start(&config.otel).map_err(BuildError::Otel)?;
         let snapshot = Snapshot::build(config, None)?;
-        Ok(Gateway {
+        let with_plugins = plugins.is_some();
+        let gateway = Gateway {
             inner: Arc::new(GatewayInner {
                 snapshot: ArcSwap::from_pointee(snapshot),
                 plugins,
@@ -190,7 +191,12 @@ impl Gateway {
                 metrics: Arc::new(crate::metrics::Metrics::new()),
                 otel,
             }),
-        })
+        };
+        if with_plugins {
+            // `auth.jwt_jwks_url`, now or after a reload.
+            crate::jwks::spawn(Arc::downgrade(&gateway.inner));
+        }
+        Ok(gateway)
     }
 
     /// Exports the spans still batched and stops the trace exporters (at shutdown; blocks

@@ -52,6 +52,8 @@ enum Behavior {
     Switch(Arc<std::sync::atomic::AtomicBool>),
     /// Another behavior, with headers added to its response.
     WithHeaders(Vec<(&'static str, &'static str)>, Box<Behavior>),
+    /// `200` with the document the test set last (a JWKS it rotates), `503` while it is empty.
+    Document(Arc<std::sync::Mutex<Bytes>>),
 }
 
 /// Builds a [`TestUpstream`].
@@ -104,6 +106,15 @@ impl UpstreamBuilder {
     pub fn health_switch(self, prefix: &str) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
         let on = Arc::new(std::sync::atomic::AtomicBool::new(true));
         (self.add(prefix, Behavior::Switch(on.clone())), on)
+    }
+
+    /// A JSON document the test changes while the upstream runs (through the returned cell):
+    /// `200` with the current document, `503` while it is empty.
+    pub fn document(self, prefix: &str, initial: &str) -> (Self, Arc<std::sync::Mutex<Bytes>>) {
+        let doc = Arc::new(std::sync::Mutex::new(Bytes::copy_from_slice(
+            initial.as_bytes(),
+        )));
+        (self.add(prefix, Behavior::Document(doc.clone())), doc)
     }
 
     /// The echo, with `headers` added to its response (e.g. `Cache-Control`, `Vary`).
@@ -302,6 +313,21 @@ impl State {
                             .append(name, http::HeaderValue::from_static(value));
                     }
                     resp
+                }
+                Behavior::Document(doc) => {
+                    let (parts, _) = req.into_parts();
+                    self.record(&parts, Bytes::new());
+                    let body = doc.lock().unwrap().clone();
+                    let status = if body.is_empty() {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    };
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(full(body))
+                        .unwrap()
                 }
                 Behavior::Switch(on) => {
                     let (parts, _) = req.into_parts();
