@@ -89,7 +89,7 @@ pub(crate) fn spawn(gateway: Weak<GatewayInner>) {
         // The URL last fetched, and when it is due again.
         let mut due: Option<(String, Instant)> = None;
         loop {
-            let (url, every, config, runtime) = {
+            let (url, every, with_plugins) = {
                 let Some(inner) = gateway.upgrade() else {
                     return;
                 };
@@ -97,24 +97,25 @@ pub(crate) fn spawn(gateway: Weak<GatewayInner>) {
                 let a = &config.auth;
                 let url = if a.enabled { a.jwt_jwks_url.clone() } else { None };
                 let every = Duration::from_secs(a.jwt_jwks_refresh_s.max(1));
-                (url, every, config, inner.plugins.clone())
+                (url, every, inner.plugins.is_some())
             };
             let fetch_now = match (&url, &due) {
                 (Some(url), Some((last, at))) => url != last || Instant::now() >= *at,
                 (Some(_), None) => true,
                 (None, _) => false,
             };
-            if let (true, Some(url), Some(runtime)) = (fetch_now, url, runtime) {
+            if let (true, Some(url), true) = (fetch_now, url, with_plugins) {
                 let result = match fetch(&client, &url).await {
                     Ok(doc) => wasmgate_plugin_host::builtins::set_remote_jwks(&url, doc),
                     Err(e) => Err(e),
                 };
                 let next = match result {
                     Ok(true) => {
-                        match wasmgate_plugin_host::builtins::configure(&runtime, &config).await {
-                            Ok(()) => tracing::info!(%url, "JWKS fetched: the auth plugin has its new keys"),
-                            Err(e) => tracing::warn!(%url, error = %e, "JWKS fetched, but the built-in plugins were not reconfigured"),
-                        }
+                        let Some(inner) = gateway.upgrade() else {
+                            return;
+                        };
+                        tracing::info!(%url, "JWKS fetched: new keys for the auth plugin");
+                        inner.configure_builtins("new JWKS keys").await;
                         every
                     }
                     Ok(false) => every,

@@ -137,6 +137,25 @@ pub(crate) struct GatewayInner {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Trace export (`otel.*`, read at startup).
     pub otel: Option<crate::otel::Otel>,
+    /// Held while the built-ins are configured (a reload, a new JWKS): each pass reads the
+    /// configuration current when it holds it, so the last pass always installs the latest.
+    pub builtins_lock: tokio::sync::Mutex<()>,
+}
+
+impl GatewayInner {
+    /// Configures the built-ins from the configuration current now (after a reload changed
+    /// their settings, or new JWKS keys arrived); on error the running ones keep serving.
+    pub(crate) async fn configure_builtins(&self, why: &str) {
+        let Some(rt) = &self.plugins else { return };
+        let _held = self.builtins_lock.lock().await;
+        let config = self.snapshot.load().config.clone();
+        match wasmgate_plugin_host::builtins::configure(rt, &config).await {
+            Ok(()) => tracing::info!(why, "built-in plugins reconfigured"),
+            Err(e) => {
+                tracing::warn!(why, error = %e, "built-in plugins not reconfigured; the previous ones keep serving")
+            }
+        }
+    }
 }
 
 /// The gateway: the current snapshot plus process-wide state. Cheap to clone.
@@ -190,6 +209,7 @@ impl Gateway {
                 started: Instant::now(),
                 metrics: Arc::new(crate::metrics::Metrics::new()),
                 otel,
+                builtins_lock: tokio::sync::Mutex::new(()),
             }),
         };
         if with_plugins {
@@ -242,20 +262,14 @@ impl Gateway {
         }
         let builtins_changed = wasmgate_plugin_host::builtins::differ(&current.config, &config);
         let next = Snapshot::build(config, Some(&current))?;
-        let config = next.config.clone();
         self.inner.snapshot.store(Arc::new(next));
-        if let (true, Some(rt), Ok(handle)) = (
+        if let (true, Some(_), Ok(handle)) = (
             builtins_changed,
             self.plugins(),
             tokio::runtime::Handle::try_current(),
         ) {
-            let rt = rt.clone();
-            handle.spawn(async move {
-                match wasmgate_plugin_host::builtins::configure(&rt, &config).await {
-                    Ok(()) => tracing::info!("built-in plugins reconfigured"),
-                    Err(e) => tracing::warn!(error = %e, "built-in plugins not reconfigured; the previous ones keep serving"),
-                }
-            });
+            let inner = self.inner.clone();
+            handle.spawn(async move { inner.configure_builtins("configuration reloaded").await });
         }
         Ok(restart)
     }
