@@ -286,13 +286,26 @@ pub fn validate(c: &Config, source: &ConfigSource) -> Result<()> {
         }
     }
     if let Some(url) = &c.auth.jwt_jwks_url {
-        let ok = url
-            .parse::<http::Uri>()
-            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        let parsed = url.parse::<http::Uri>().ok();
+        let ok = parsed.as_ref().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+        });
         if !ok {
             return err(
                 "auth.jwt_jwks_url".into(),
                 format!("`{url}` is not an http:// or https:// URL"),
+            );
+        }
+        // The URL is logged and shown by /gateway/config: no credentials in it (a JWKS is
+        // public).
+        if parsed
+            .as_ref()
+            .and_then(|u| u.authority())
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            return err(
+                "auth.jwt_jwks_url".into(),
+                "must not carry credentials (`user:password@`): a JWKS is public".into(),
             );
         }
         if c.auth.jwt_jwks_refresh_s == 0 {
@@ -417,7 +430,12 @@ mod tests {
     #[test]
     fn a_jwks_url_must_be_http_and_refreshed() {
         let mut c = base();
-        for bad in ["idp.example/jwks", "file:///etc/jwks.json", "https://"] {
+        for bad in [
+            "idp.example/jwks",
+            "file:///etc/jwks.json",
+            "https://",
+            "https://user:pw@idp.example/jwks",
+        ] {
             c.auth.jwt_jwks_url = Some(bad.into());
             assert!(
                 check(&c).contains("auth.jwt_jwks_url"),

@@ -64,12 +64,17 @@ async fn fetch(client: &HttpsClient, url: &str) -> Result<String, String> {
     String::from_utf8(body.to_vec()).map_err(|_| "the body is not UTF-8".to_string())
 }
 
-/// Fetches `url` once and records the document for the `auth` built-in: `Ok(true)` when it
-/// changed. Used before the plugins start (so the first requests find the keys) and by the
-/// refresh loop.
-pub async fn fetch_into_builtins(url: &str) -> Result<bool, String> {
-    let doc = fetch(&client()?, url).await?;
+/// Fetches `url` and records the document for the `auth` built-in: `Ok(true)` when it
+/// changed.
+async fn fetch_and_record(client: &HttpsClient, url: &str) -> Result<bool, String> {
+    let doc = fetch(client, url).await?;
     wasmgate_plugin_host::builtins::set_remote_jwks(url, doc)
+}
+
+/// [`fetch_and_record`] once, before the plugins start, so the first requests find the keys
+/// (the gateway's refresh loop takes over from there).
+pub async fn fetch_into_builtins(url: &str) -> Result<bool, String> {
+    fetch_and_record(&client()?, url).await
 }
 
 /// Starts the refresh loop of a gateway (it ends when the gateway is dropped). Does nothing
@@ -105,11 +110,7 @@ pub(crate) fn spawn(gateway: Weak<GatewayInner>) {
                 (None, _) => false,
             };
             if let (true, Some(url), true) = (fetch_now, url, with_plugins) {
-                let result = match fetch(&client, &url).await {
-                    Ok(doc) => wasmgate_plugin_host::builtins::set_remote_jwks(&url, doc),
-                    Err(e) => Err(e),
-                };
-                let next = match result {
+                let next = match fetch_and_record(&client, &url).await {
                     Ok(true) => {
                         let Some(inner) = gateway.upgrade() else {
                             return;
