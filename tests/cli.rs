@@ -234,39 +234,53 @@ async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_at_the_end_of_the_grace_period_is_still_logged() {
-    let (up, events) = upstream().paced("/stream", "text/event-stream");
-    let up = up.spawn().await;
-    let dir = tempdir("cut");
-    let file = dir.join("wasmgate.toml");
-    let config = config_with(&[("/", &up.url())])
-        .replace("[server]\n", "[server]\nshutdown_grace_ms = 300\n");
-    std::fs::write(&file, config).unwrap();
-    let mut gw = spawn_with_file(&dir, &file);
-    let mut resp = client().get(gw.url("/stream")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    events.send("data: first\n\n".into()).unwrap();
-    let first = resp.chunk().await.unwrap().expect("the first event");
-    assert_eq!(&first[..], b"data: first\n\n");
-    // The stream never ends: the grace period runs out and the gateway cuts it.
-    gw.signal("TERM");
-    let status = gw
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("exits after the grace period");
-    assert!(status.success(), "{status:?}\n{}", gw.log());
-    let log = gw.log();
-    assert!(
-        log.contains("cutting remaining connections"),
-        "the grace period ran out: {log}"
-    );
-    let line = log
-        .lines()
-        .find(|l| l.contains("wasmgate::access") && l.contains("path=\"/stream\""))
-        .unwrap_or_else(|| panic!("the cut stream's access line was lost:\n{log}"));
-    assert!(line.contains("response_end=shutdown"), "{line}");
-    assert!(line.contains("bytes_sent=13"), "{line}");
-    drop(events);
-    std::fs::remove_dir_all(dir).ok();
+    // HTTP/1.1, and HTTP/2 (prior knowledge), whose streams hyper runs as tasks of their own.
+    for http2 in [false, true] {
+        let (up, events) = upstream().paced("/stream", "text/event-stream");
+        let up = up.spawn().await;
+        let dir = tempdir("cut");
+        let file = dir.join("wasmgate.toml");
+        let config = config_with(&[("/", &up.url())])
+            .replace("[server]\n", "[server]\nshutdown_grace_ms = 300\n");
+        std::fs::write(&file, config).unwrap();
+        let mut gw = spawn_with_file(&dir, &file);
+        let c = if http2 {
+            reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .unwrap()
+        } else {
+            client()
+        };
+        let mut resp = c.get(gw.url("/stream")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version() == reqwest::Version::HTTP_2, http2);
+        events.send("data: first\n\n".into()).unwrap();
+        let first = resp.chunk().await.unwrap().expect("the first event");
+        assert_eq!(&first[..], b"data: first\n\n");
+        // The stream never ends: the grace period runs out and the gateway cuts it.
+        gw.signal("TERM");
+        let status = gw
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .expect("exits after the grace period");
+        assert!(status.success(), "{status:?}\n{}", gw.log());
+        let log = gw.log();
+        assert!(
+            log.contains("cutting remaining connections"),
+            "the grace period ran out: {log}"
+        );
+        let line = log
+            .lines()
+            .find(|l| l.contains("wasmgate::access") && l.contains("path=\"/stream\""))
+            .unwrap_or_else(|| {
+                panic!("http2 {http2}: the cut stream's access line was lost:\n{log}")
+            });
+        assert!(line.contains("response_end=shutdown"), "{line}");
+        assert!(line.contains("bytes_sent=13"), "{line}");
+        drop(events);
+        std::fs::remove_dir_all(dir).ok();
+    }
 }
 
 #[test]

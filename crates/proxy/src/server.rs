@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::handler::{self, ConnInfo};
 use crate::Gateway;
@@ -23,7 +25,8 @@ pub struct Server {
     listener: TcpListener,
     gateway: Gateway,
     tls: Option<TlsAcceptor>,
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<StreamExecutor>,
+    streams: StreamExecutor,
     handshake_timeout: Duration,
     grace: Duration,
 }
@@ -54,7 +57,8 @@ impl Server {
             None => None,
         };
         let header_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let streams = StreamExecutor::default();
+        let mut builder = auto::Builder::new(streams.clone());
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -78,6 +82,7 @@ impl Server {
             gateway: gateway.clone(),
             tls,
             builder,
+            streams,
             handshake_timeout: header_timeout,
             grace: Duration::from_millis(cfg.shutdown_grace_ms),
         })
@@ -131,9 +136,13 @@ impl Server {
                 cut.store(true, Ordering::Relaxed);
             }
         }
-        // Cut what is left and wait until every connection task has ended (dropping a
-        // response runs its end: the access line is batched before the caller flushes).
+        // Cut what is left and wait until every connection task, and every HTTP/2 stream
+        // task, has ended (dropping a response runs its end: the access line is batched
+        // before the caller flushes).
+        self.streams.cut.cancel();
         connections.shutdown().await;
+        self.streams.tracker.close();
+        self.streams.tracker.wait().await;
     }
 
     fn spawn_connection(
@@ -189,6 +198,31 @@ impl Server {
                 };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Runs the tasks hyper spawns, one per HTTP/2 stream, outside their connection's task: tracked
+/// so that shutdown can wait for them, and cut (dropped, which ends their responses) together
+/// with the connections at the end of the grace period.
+#[derive(Clone, Default)]
+struct StreamExecutor {
+    tracker: TaskTracker,
+    cut: CancellationToken,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let cut = self.cut.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = fut => {}
+                _ = cut.cancelled() => {}
             }
         });
     }
