@@ -655,11 +655,16 @@ async fn jwts_hs256_rs256_and_es256_with_claims_checked_and_tenants_for_later_pl
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// The status of a GET with `token` as its bearer.
+async fn status_with(c: &reqwest::Client, url: &str, token: &str) -> u16 {
+    let r = c.get(url).bearer_auth(token).send().await.unwrap();
+    r.status().as_u16()
+}
+
 /// Polls until a request with `token` gets `want` (the JWKS refresh runs in the background).
 async fn until_status(c: &reqwest::Client, url: &str, token: &str, want: u16) -> bool {
     for _ in 0..100 {
-        let r = c.get(url).bearer_auth(token).send().await.unwrap();
-        if r.status().as_u16() == want {
+        if status_with(c, url, token).await == want {
             return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -696,12 +701,7 @@ async fn jwks_from_an_identity_provider_url_is_fetched_refreshed_and_kept_throug
         "the provider's key was fetched"
     );
     assert_eq!(
-        c.get(&target)
-            .bearer_auth(&by_new)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_with(&c, &target, &by_new).await,
         401,
         "a key the provider does not publish"
     );
@@ -717,26 +717,10 @@ async fn jwks_from_an_identity_provider_url_is_fetched_refreshed_and_kept_throug
         idp.requests_to("/.well-known/jwks.json") > fetches,
         "fetched again"
     );
-    assert_eq!(
-        c.get(&target)
-            .bearer_auth(&by_new)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_with(&c, &target, &by_new).await, 200);
     *jwks.lock().unwrap() = "{\"not\": \"a jwks\"}".into();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert_eq!(
-        c.get(&target)
-            .bearer_auth(&by_new)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_with(&c, &target, &by_new).await, 200);
     std::fs::remove_dir_all(dir).ok();
 }
 
