@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use wasmgate_config::{Config, RouterStrategy, Secret};
 use wasmgate_testkit::load::{
-    knobs, run_load_with, serve_gateway, single_route_config, slow_upstream, thread_cpu, LoadResult,
+    knobs, median, run_load_with, serve_gateway, single_route_config, slow_upstream,
+    with_cpu_per_request, LoadResult,
 };
 use wasmgate_testkit::RedisServer;
 
@@ -104,13 +105,9 @@ fn main() {
     println!("builtins_load: {conns} connections, {rounds} rounds x {secs}s, 1 worker thread per gateway; Redis on loopback; upstream latency {delay:?}");
     // A run's result and the gateway's CPU time per request, in µs.
     let load = |name: &str, addr, d| -> (LoadResult, f64) {
-        let before = thread_cpu(name).unwrap_or_default();
-        let r = rt.block_on(run_load_with(addr, "/api/v1/jobs/1", &[KEY], conns, d));
-        let cpu = thread_cpu(name).unwrap_or_default().saturating_sub(before);
-        (
-            r,
-            cpu.as_secs_f64() * 1e6 / (r.requests + r.errors).max(1) as f64,
-        )
+        with_cpu_per_request(name, || {
+            rt.block_on(run_load_with(addr, "/api/v1/jobs/1", &[KEY], conns, d))
+        })
     };
     for (name, addr) in targets {
         let (warm, _) = load(name, addr, Duration::from_millis(500));
@@ -135,12 +132,8 @@ fn main() {
             c.push(*us);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (m, r) = (median(&mut mem), median(&mut red));
-    let [c0, c1, c2] = cpu.each_mut().map(median);
+    let [c0, c1, c2] = cpu.each_mut().map(|v| median(v));
     println!(
         "\ngateway CPU per request (median): no plugins {c0:.1} us, chain on memory {c1:.1} us (+{:.1}), on Redis {c2:.1} us (+{:.1}); CPU ratios {:.3} / {:.3}",
         c1 - c0,

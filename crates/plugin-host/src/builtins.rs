@@ -68,10 +68,11 @@ fn jwks_keys(doc: &str, what: &str, keys: &mut JwtKeys) -> Result<(), String> {
     Ok(())
 }
 
-/// The last good JWKS document fetched from each `auth.jwt_jwks_url` (the proxy fetches and
-/// refreshes them; the `auth` built-in is configured from what is here).
-static REMOTE_JWKS: std::sync::Mutex<Option<std::collections::HashMap<String, String>>> =
-    std::sync::Mutex::new(None);
+/// From each `auth.jwt_jwks_url`, the last good JWKS document fetched and its keys (the proxy
+/// fetches and refreshes them; the `auth` built-in is configured from what is here).
+static REMOTE_JWKS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, (String, JwtKeys)>>,
+> = std::sync::LazyLock::new(Default::default);
 
 /// Records the JWKS document fetched from `url`. Returns whether it differs from the one held
 /// (the built-ins need configuring again only then); an invalid document is refused and the
@@ -85,20 +86,15 @@ pub fn set_remote_jwks(url: &str, doc: String) -> Result<bool, String> {
         ));
     }
     let mut held = REMOTE_JWKS.lock().unwrap_or_else(|p| p.into_inner());
-    let held = held.get_or_insert_with(std::collections::HashMap::new);
-    Ok(held.insert(url.to_string(), doc.clone()).as_ref() != Some(&doc))
+    if held.get(url).is_some_and(|(old, _)| *old == doc) {
+        return Ok(false);
+    }
+    held.insert(url.to_string(), (doc, keys));
+    Ok(true)
 }
 
-fn remote_jwks(url: &str) -> Option<String> {
-    REMOTE_JWKS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .and_then(|m| m.get(url).cloned())
-}
-
-/// The JWT public keys from the config's JWKS document and file.
-#[derive(Default)]
+/// The JWT public keys from the config's JWKS document, file and URL.
+#[derive(Default, Clone)]
 struct JwtKeys {
     rsa: Vec<serde_json::Value>,
     ec: Vec<serde_json::Value>,
@@ -127,8 +123,10 @@ fn auth_settings(config: &Config) -> Result<PluginSettings, String> {
     }
     if let Some(url) = &a.jwt_jwks_url {
         // Fetched by the proxy; until the first fetch succeeds JWTs are refused (401).
-        if let Some(doc) = remote_jwks(url) {
-            jwks_keys(&doc, &format!("JWKS from {url}"), &mut keys)?;
+        let held = REMOTE_JWKS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, remote)) = held.get(url) {
+            keys.rsa.extend(remote.rsa.iter().cloned());
+            keys.ec.extend(remote.ec.iter().cloned());
         }
     }
     if api_keys.is_empty()

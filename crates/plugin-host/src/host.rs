@@ -12,6 +12,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+pub use crate::bindings::wasmgate::plugin::request::QueueMode;
 use crate::bindings::wasmgate::plugin::{
     clock, crypto, kv, log, metrics, request, types, upstream, workers,
 };
@@ -42,7 +43,7 @@ pub struct RequestState {
     pub response_status: Option<u16>,
     /// Response headers, in response phases.
     pub response_headers: HeaderMap,
-    /// Headers queued for the response by `add-response-header`.
+    /// Headers queued for the response by `add-response-header(s)`.
     pub queued_response_headers: Vec<QueuedHeader>,
     /// The route's upstream, for the `upstream` import (router plugins).
     pub upstream: Option<Arc<dyn UpstreamView>>,
@@ -60,8 +61,6 @@ pub struct QueuedHeader {
     /// What it does to a header of that name already on the response.
     pub mode: QueueMode,
 }
-
-pub use crate::bindings::wasmgate::plugin::request::QueueMode;
 
 impl QueuedHeader {
     /// Applies the header to a response's headers.

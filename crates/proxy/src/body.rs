@@ -319,7 +319,7 @@ pub struct EndBody {
     on_end: Option<OnEnd>,
     /// Set by the server when it cuts its remaining connections: a body dropped unfinished
     /// then ended by the gateway's shutdown, not by its client.
-    cut: Arc<AtomicBool>,
+    cut: tokio_util::sync::CancellationToken,
 }
 
 impl EndBody {
@@ -328,7 +328,7 @@ impl EndBody {
         inner: ProxyBody,
         scan: Option<(crate::genai::ResponseScan, crate::genai::SharedFacts)>,
         on_end: OnEnd,
-        cut: Arc<AtomicBool>,
+        cut: tokio_util::sync::CancellationToken,
     ) -> Self {
         EndBody {
             inner,
@@ -358,7 +358,7 @@ impl Drop for EndBody {
     fn drop(&mut self) {
         let how = if self.inner.is_end_stream() {
             ResponseEnd::Complete
-        } else if self.cut.load(Ordering::Relaxed) {
+        } else if self.cut.is_cancelled() {
             ResponseEnd::Shutdown
         } else {
             ResponseEnd::ClientDisconnected

@@ -42,9 +42,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
-    /// Set when the server cuts its remaining connections at the end of the shutdown grace
-    /// period (shared by all of a server's connections).
-    pub cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled when the server cuts its remaining connections at the end of the shutdown
+    /// grace period (shared by all of a server's connections).
+    pub cut: tokio_util::sync::CancellationToken,
 }
 
 /// Handles one request; never fails: errors become JSON responses.

@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,8 +23,8 @@ pub struct Server {
     listener: TcpListener,
     gateway: Gateway,
     tls: Option<TlsAcceptor>,
-    builder: auto::Builder<StreamExecutor>,
-    streams: StreamExecutor,
+    builder: auto::Builder<Tasks>,
+    tasks: Tasks,
     handshake_timeout: Duration,
     grace: Duration,
 }
@@ -57,8 +55,8 @@ impl Server {
             None => None,
         };
         let header_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
-        let streams = StreamExecutor::default();
-        let mut builder = auto::Builder::new(streams.clone());
+        let tasks = Tasks::default();
+        let mut builder = auto::Builder::new(tasks.clone());
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -82,7 +80,7 @@ impl Server {
             gateway: gateway.clone(),
             tls,
             builder,
-            streams,
+            tasks,
             handshake_timeout: header_timeout,
             grace: Duration::from_millis(cfg.shutdown_grace_ms),
         })
@@ -101,23 +99,17 @@ impl Server {
     /// (its access line, its spans) has run by then, marked `response_end = "shutdown"`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
-        let cut = Arc::new(AtomicBool::new(false));
-        let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        self.spawn_connection(&mut connections, stream, peer, &graceful, &cut)
-                    }
+                    Ok((stream, peer)) => self.spawn_connection(stream, peer, &graceful),
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                // Reap finished connections so the set holds only live ones.
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 _ = &mut shutdown => break,
             }
         }
@@ -130,37 +122,27 @@ impl Server {
             Ok(()) => tracing::info!("all connections drained"),
             Err(_) => {
                 tracing::warn!(
-                    connections = connections.len(),
+                    tasks = self.tasks.tracker.len(),
                     "shutdown grace period over: cutting remaining connections"
                 );
-                cut.store(true, Ordering::Relaxed);
+                self.tasks.cut.cancel();
             }
         }
-        // Cut what is left and wait until every connection task, and every HTTP/2 stream
-        // task, has ended (dropping a response runs its end: the access line is batched
-        // before the caller flushes).
-        self.streams.cut.cancel();
-        connections.shutdown().await;
-        self.streams.tracker.close();
-        self.streams.tracker.wait().await;
+        // Wait until every connection task and every HTTP/2 stream task has ended (dropping a
+        // response runs its end: the access line is batched before the caller flushes).
+        self.tasks.tracker.close();
+        self.tasks.tracker.wait().await;
     }
 
-    fn spawn_connection(
-        &self,
-        connections: &mut JoinSet<()>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        graceful: &GracefulShutdown,
-        cut: &Arc<AtomicBool>,
-    ) {
+    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
         let _ = stream.set_nodelay(true);
         let gateway = self.gateway.clone();
         let builder = self.builder.clone();
         let tls = self.tls.clone();
         let handshake_timeout = self.handshake_timeout;
         let watcher = graceful.watcher();
-        let cut = cut.clone();
-        connections.spawn(async move {
+        let cut = self.tasks.cut.clone();
+        self.tasks.spawn(async move {
             let conn = Arc::new(ConnInfo {
                 peer,
                 tls: tls.is_some(),
@@ -203,21 +185,22 @@ impl Server {
     }
 }
 
-/// Runs the tasks hyper spawns, one per HTTP/2 stream, outside their connection's task: tracked
-/// so that shutdown can wait for them, and cut (dropped, which ends their responses) together
-/// with the connections at the end of the grace period.
+/// The server's tasks: one per connection, and one per HTTP/2 stream (hyper spawns those
+/// through this executor, outside their connection's task). Tracked so that shutdown can wait
+/// for them, and dropped when `cut` is cancelled at the end of the grace period (dropping a
+/// response runs its end).
 #[derive(Clone, Default)]
-struct StreamExecutor {
+struct Tasks {
     tracker: TaskTracker,
     cut: CancellationToken,
 }
 
-impl<F> hyper::rt::Executor<F> for StreamExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
+impl Tasks {
+    fn spawn<F>(&self, fut: F)
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
         let cut = self.cut.clone();
         self.tracker.spawn(async move {
             tokio::select! {
@@ -225,6 +208,16 @@ where
                 _ = cut.cancelled() => {}
             }
         });
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for Tasks
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.spawn(fut);
     }
 }
 

@@ -207,6 +207,22 @@ pub struct LoadResult {
     pub requests: u64,
 }
 
+/// Runs `load` (a load run against the gateway whose threads are named `name`) and returns
+/// its result with the gateway's CPU time per request, in µs ([`thread_cpu`]).
+pub fn with_cpu_per_request(name: &str, load: impl FnOnce() -> LoadResult) -> (LoadResult, f64) {
+    let before = thread_cpu(name).unwrap_or_default();
+    let r = load();
+    let cpu = thread_cpu(name).unwrap_or_default().saturating_sub(before);
+    let served = (r.requests + r.errors).max(1) as f64;
+    (r, cpu.as_secs_f64() * 1e6 / served)
+}
+
+/// The median of `values` (sorted in place; the upper one of an even count).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// CPU time (user and system) used so far by this process's threads named `name` — a
 /// gateway's runtime threads, as [`serve_gateway`] names them — from
 /// `/proc/self/task/*/schedstat` (nanoseconds). Divided by the requests served, it is the
