@@ -1,30 +1,51 @@
-//! criterion: each built-in plugin's phase cost, warm instance, in-memory state — what one
-//! request pays per built-in on top of the proxy. `cargo bench --bench builtin_phases`
-//! (docs/performance.md). The request carries 8 ordinary headers.
+//! criterion: what one request pays for each built-in plugin (warm instances, in-memory
+//! state), through the session the proxy uses — the request state built, the chain's calls, the
+//! response head's queued headers applied — without the proxy itself. Also the chain
+//! auth → rate-limit → router, fused into one call (the default) and each on its own.
+//! `cargo bench --bench builtin_phases` (docs/performance.md). The request carries 8 ordinary
+//! headers and an API key; "the request alone" is what building it costs, to subtract.
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use wasmgate_config::{Config, RouterStrategy, Secret};
 use wasmgate_plugin_host::{
-    builtins, guests, HostServices, LoadedPlugin, PluginRuntime, PluginSource, RequestState,
-    TargetView, UpstreamView,
+    builtins, HostServices, PluginRuntime, RequestState, TargetView, UpstreamView,
 };
 
 /// Two targets, one busier: what the proxy's upstream reports to a router.
 #[derive(Debug)]
-struct TwoTargets;
+struct TwoTargets(Vec<TargetView>);
+
+impl TwoTargets {
+    fn new() -> Self {
+        TwoTargets(
+            (0..2)
+                .map(|i| TargetView {
+                    address: format!("10.0.0.{i}:8000"),
+                    healthy: true,
+                    in_flight: i,
+                    region: Some(if i == 0 { "us-east" } else { "eu-west" }.into()),
+                    workers: vec![format!("gpu-{i}")],
+                })
+                .collect(),
+        )
+    }
+}
 
 impl UpstreamView for TwoTargets {
     fn targets(&self) -> Vec<TargetView> {
-        (0..2)
-            .map(|i| TargetView {
-                address: format!("10.0.0.{i}:8000"),
-                healthy: true,
-                in_flight: i,
-                region: Some(if i == 0 { "us-east" } else { "eu-west" }.into()),
-                workers: vec![format!("gpu-{i}")],
-            })
-            .collect()
+        self.0.clone()
+    }
+    fn each_target(&self, f: &mut dyn FnMut(wasmgate_plugin_host::TargetRef<'_>)) {
+        for t in &self.0 {
+            f(wasmgate_plugin_host::TargetRef {
+                address: &t.address,
+                healthy: t.healthy,
+                in_flight: t.in_flight,
+                region: t.region.as_deref(),
+                workers: &t.workers,
+            });
+        }
     }
 }
 
@@ -46,14 +67,14 @@ fn config(keys: usize) -> Config {
     c
 }
 
-fn request() -> Box<RequestState> {
+fn request(upstream: &Arc<dyn UpstreamView>) -> RequestState {
     let mut s = RequestState {
         method: http::Method::GET,
         uri: "/v1/models?limit=10".parse().unwrap(),
         route: "llm".into(),
         client_addr: Some("10.1.2.3".parse().unwrap()),
         request_id: Some("0b9f6f0e-5c1e-4c7b-9a57-2d1f1e2f3a4b".parse().unwrap()),
-        upstream: Some(Arc::new(TwoTargets)),
+        upstream: Some(upstream.clone()),
         ..Default::default()
     };
     for (k, v) in [
@@ -67,33 +88,25 @@ fn request() -> Box<RequestState> {
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ),
+        ("x-api-key", "bench-key-1"),
     ] {
         s.headers.insert(k, v.parse().unwrap());
     }
-    Box::new(s)
+    s
 }
 
-fn load(
-    rt: &tokio::runtime::Runtime,
-    runtime: &PluginRuntime,
-    name: &str,
-    keys: usize,
-) -> Arc<LoadedPlugin> {
-    let settings = builtins::enabled(&config(keys))
+/// A runtime with the built-ins `names` installed (fused when `fuse`).
+fn runtime(rt: &tokio::runtime::Runtime, names: &[&str], keys: usize, fuse: bool) -> PluginRuntime {
+    let (services, _) = HostServices::in_memory("gateway:");
+    let runtime = PluginRuntime::new(Default::default(), services).unwrap();
+    let chosen = builtins::enabled(&config(keys))
         .unwrap()
         .into_iter()
-        .find(|(n, _)| *n == name)
-        .unwrap()
-        .1;
-    let wasm = guests::BUILTINS.iter().find(|(n, _)| *n == name).unwrap().1;
-    rt.block_on(runtime.load(PluginSource::Builtin, wasm, settings))
-        .unwrap()
-}
-
-#[derive(Clone, Copy)]
-enum Phase {
-    RequestHeaders,
-    RequestBody,
+        .filter(|(n, _)| names.contains(n))
+        .collect();
+    rt.block_on(builtins::install(&runtime, chosen, fuse))
+        .unwrap();
+    runtime
 }
 
 fn bench(c: &mut Criterion) {
@@ -101,82 +114,63 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (services, _) = HostServices::in_memory("gateway:");
-    let runtime = PluginRuntime::new(Default::default(), services).unwrap();
+    let upstream: Arc<dyn UpstreamView> = Arc::new(TwoTargets::new());
     let mut g = c.benchmark_group("builtin");
+    g.bench_function("the request alone (no plugin)", |b| {
+        b.iter(|| std::hint::black_box(request(&upstream)));
+    });
     let body = vec![b'x'; 1024];
-    let cases: [(&str, &str, Phase); 9] = [
+    let cases: [(&str, &[&str], usize, bool); 11] = [
+        ("auth: API key", &["auth"], 1, true),
+        ("auth: API key among 100", &["auth"], 100, true),
+        ("rate-limit: sliding-window hit", &["rate-limit"], 1, true),
+        ("cache: lookup (miss)", &["cache"], 1, true),
+        ("router: least-connections of 2", &["router"], 1, true),
+        ("cors: simple request", &["cors"], 1, true),
         (
-            "auth: API key, on-request-headers",
-            "auth",
-            Phase::RequestHeaders,
+            "security-headers: 9 headers queued",
+            &["security-headers"],
+            1,
+            true,
+        ),
+        ("request-signing: 1 KiB body", &["request-signing"], 1, true),
+        (
+            "chain auth -> rate-limit -> router, fused",
+            &["auth", "rate-limit", "router"],
+            1,
+            true,
         ),
         (
-            "auth: API key among 100, on-request-headers",
-            "auth",
-            Phase::RequestHeaders,
+            "chain auth -> rate-limit -> router, each alone",
+            &["auth", "rate-limit", "router"],
+            1,
+            false,
         ),
         (
-            "rate-limit: sliding window hit, on-request-headers",
-            "rate-limit",
-            Phase::RequestHeaders,
-        ),
-        (
-            "cache: lookup (miss), on-request-headers",
-            "cache",
-            Phase::RequestHeaders,
-        ),
-        (
-            "router: least-connections of 2, on-request-headers",
-            "router",
-            Phase::RequestHeaders,
-        ),
-        (
-            "cors: simple request, on-request-headers",
-            "cors",
-            Phase::RequestHeaders,
-        ),
-        (
-            "security-headers: 9 headers queued, on-request-headers",
-            "security-headers",
-            Phase::RequestHeaders,
-        ),
-        (
-            "request-signing: on-request-headers",
-            "request-signing",
-            Phase::RequestHeaders,
-        ),
-        (
-            "request-signing: 1 KiB body, on-request-body",
-            "request-signing",
-            Phase::RequestBody,
+            "chain security-headers -> cors -> auth -> rate-limit, fused",
+            &["security-headers", "cors", "auth", "rate-limit"],
+            1,
+            true,
         ),
     ];
-    for (label, name, phase) in cases {
-        let keys = if label.contains("among 100") { 100 } else { 1 };
-        let p = load(&rt, &runtime, name, keys);
-        let mut checkout = rt.block_on(p.checkout(None)).unwrap();
-        let inst = checkout.inst.as_mut().unwrap();
-        let mut s = request();
+    for (label, names, keys, fuse) in cases {
+        let runtime = runtime(&rt, names, keys, fuse);
+        let signs = names.contains(&"request-signing");
         g.bench_function(label, |b| {
             b.iter(|| {
-                // What a call consumed or queued is put back, so every iteration is the same.
-                s.headers
-                    .insert("x-api-key", "bench-key-1".parse().unwrap());
-                s.queued_response_headers.clear();
-                s.response_headers.clear();
-                s.response_status = Some(200);
-                let r = match phase {
-                    Phase::RequestHeaders => rt
-                        .block_on(p.call_request_headers(inst, &mut s))
-                        .map(|_| ()),
-                    Phase::RequestBody => rt
-                        .block_on(p.call_with_state(inst, &mut s, async |b, st| {
-                            b.call_on_request_body(st, &body, true).await
-                        }))
-                        .map(|_| ()),
-                };
-                r.unwrap();
+                let mut s = runtime
+                    .session("llm", || request(&upstream))
+                    .expect("the built-ins apply");
+                rt.block_on(async {
+                    let d = s.request_headers().await.unwrap();
+                    std::hint::black_box(d);
+                    if signs {
+                        s.request_body(&body, true).await.unwrap();
+                    }
+                    let mut head = http::HeaderMap::new();
+                    s.response_headers(200, &mut head).await.unwrap();
+                    std::hint::black_box(head);
+                });
             });
         });
     }

@@ -2,7 +2,10 @@
 //! window, a limit never reached) → router (least-connections over two targets) on memory
 //! state, and on Redis, against the gateway with no plugins (round-robin over the same two
 //! targets); same upstreams and load generator as bench-proxy, one worker thread per gateway,
-//! interleaved rounds, medians of per-round ratios. Targets: memory >= 0.8, Redis >= 0.5.
+//! interleaved rounds, medians of per-round ratios. Targets: memory >= 0.8, Redis >= 0.5. The
+//! chain runs fused (the built-in bundle: one instance and one call per request, the default);
+//! a fourth gateway runs it on memory with each built-in on its own
+//! (`plugins.fuse_builtins = false`), to show what fusing does.
 //! `cargo bench --bench builtins_load` (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONNECTIONS;
 //! BENCH_CHAIN=auth, rate-limit or router runs one built-in alone; BENCH_CHAIN=acip runs the
 //! chain the `.env` mode turns on: security-headers, cors, auth, rate-limit, cache with the job
@@ -32,8 +35,9 @@ fn two_targets(upstreams: [SocketAddr; 2]) -> Config {
     c
 }
 
-fn chain_config(upstreams: [SocketAddr; 2], redis: Option<String>) -> Config {
+fn chain_config(upstreams: [SocketAddr; 2], redis: Option<String>, fuse: bool) -> Config {
     let mut c = two_targets(upstreams);
+    c.plugins.fuse_builtins = fuse;
     // BENCH_CHAIN=auth, rate-limit or router measures one alone.
     let only = std::env::var("BENCH_CHAIN").unwrap_or_default();
     if only == "acip" {
@@ -95,12 +99,17 @@ fn main() {
     );
     let upstreams = [slow_upstream(1, delay), slow_upstream(1, delay)];
     let plain = gateway("bench-plain", two_targets(upstreams));
-    let memory = gateway("bench-memory", chain_config(upstreams, None));
-    let on_redis = gateway("bench-redis", chain_config(upstreams, Some(redis.url())));
+    let memory = gateway("bench-memory", chain_config(upstreams, None, true));
+    let on_redis = gateway(
+        "bench-redis",
+        chain_config(upstreams, Some(redis.url()), true),
+    );
+    let separate = gateway("bench-separate", chain_config(upstreams, None, false));
     let targets = [
         ("bench-plain", plain),
         ("bench-memory", memory),
         ("bench-redis", on_redis),
+        ("bench-separate", separate),
     ];
     println!("builtins_load: {conns} connections, {rounds} rounds x {secs}s, 1 worker thread per gateway; Redis on loopback; upstream latency {delay:?}");
     // A run's result and the gateway's CPU time per request, in µs.
@@ -113,34 +122,39 @@ fn main() {
         let (warm, _) = load(name, addr, Duration::from_millis(500));
         assert_eq!(warm.errors, 0, "every request passes the chain");
     }
-    let (mut mem, mut red) = (Vec::new(), Vec::new());
-    let mut cpu: [Vec<f64>; 3] = Default::default();
+    let (mut mem, mut red, mut sep) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpu: [Vec<f64>; 4] = Default::default();
     for round in 0..rounds {
         let r: Vec<_> = targets
             .iter()
             .map(|(name, addr)| load(name, *addr, Duration::from_secs(secs)))
             .collect();
         println!(
-            "  round {round}: none {:>7.0} req/s {:>5.1} us cpu/req | memory {:>7.0} req/s {:>5.1} us | redis {:>7.0} req/s {:>5.1} us | p99 {:.2}/{:.2}/{:.2} ms | errors {}",
-            r[0].0.rps, r[0].1, r[1].0.rps, r[1].1, r[2].0.rps, r[2].1,
+            "  round {round}: none {:>7.0} req/s {:>5.1} us cpu/req | memory {:>7.0} req/s {:>5.1} us | redis {:>7.0} req/s {:>5.1} us | memory, each alone {:>7.0} req/s {:>5.1} us | p99 {:.2}/{:.2}/{:.2}/{:.2} ms | errors {}",
+            r[0].0.rps, r[0].1, r[1].0.rps, r[1].1, r[2].0.rps, r[2].1, r[3].0.rps, r[3].1,
             r[0].0.p99.as_secs_f64() * 1e3, r[1].0.p99.as_secs_f64() * 1e3, r[2].0.p99.as_secs_f64() * 1e3,
-            r[0].0.errors + r[1].0.errors + r[2].0.errors
+            r[3].0.p99.as_secs_f64() * 1e3,
+            r.iter().map(|x| x.0.errors).sum::<u64>()
         );
         mem.push(r[1].0.rps / r[0].0.rps);
         red.push(r[2].0.rps / r[0].0.rps);
+        sep.push(r[3].0.rps / r[0].0.rps);
         for (c, (_, us)) in cpu.iter_mut().zip(&r) {
             c.push(*us);
         }
     }
-    let (m, r) = (median(&mut mem), median(&mut red));
-    let [c0, c1, c2] = cpu.each_mut().map(|v| median(v));
+    let (m, r, s) = (median(&mut mem), median(&mut red), median(&mut sep));
+    let [c0, c1, c2, c3] = cpu.each_mut().map(|v| median(v));
     println!(
-        "\ngateway CPU per request (median): no plugins {c0:.1} us, chain on memory {c1:.1} us (+{:.1}), on Redis {c2:.1} us (+{:.1}); CPU ratios {:.3} / {:.3}",
+        "\ngateway CPU per request (median): no plugins {c0:.1} us, chain on memory {c1:.1} us (+{:.1}), on Redis {c2:.1} us (+{:.1}), on memory with each built-in alone {c3:.1} us (+{:.1}); CPU ratios {:.3} / {:.3} / {:.3}",
         c1 - c0,
         c2 - c0,
+        c3 - c0,
         c0 / c1,
-        c0 / c2
+        c0 / c2,
+        c0 / c3
     );
+    println!("chain on memory, each built-in alone / no plugins: {s:.3}");
     println!(
         "\nchain on memory / no plugins: {m:.3} (target >= 0.80) {}",
         if m >= 0.8 { "MET" } else { "MISSED" }

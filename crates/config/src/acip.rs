@@ -59,6 +59,7 @@ pub const ACIP_ENV_NAMES: &[(&str, &str)] = &[
     ("PLUGINS_DIR", "plugins.dir"),
     ("PLUGINS_ENABLED", "plugins.enabled"),
     ("PLUGINS_CACHE_DIR", "plugins.cache_dir"),
+    ("PLUGINS_FUSE_BUILTINS", "plugins.fuse_builtins"),
     ("GATEWAY_ADMIN_TOKEN", "admin.token"),
     ("REQUEST_SIGNING_SECRET", "request_signing.secret"),
 ];
@@ -328,6 +329,7 @@ pub fn from_acip_env(env: &dyn Env) -> Result<Config> {
     if let Some(dir) = r.opt_string("PLUGINS_CACHE_DIR") {
         c.plugins.cache_dir = Some(dir);
     }
+    r.bool("PLUGINS_FUSE_BUILTINS", &mut c.plugins.fuse_builtins)?;
     c.admin.token = r.secret("GATEWAY_ADMIN_TOKEN");
     c.request_signing.secret = r.secret("REQUEST_SIGNING_SECRET");
 
@@ -371,6 +373,7 @@ mod tests {
         assert!(c.auth.enabled);
         assert_eq!(c.auth.token_hash_format, "{salt}:{token}");
         assert_eq!(c.plugins.dir, "./plugins");
+        assert!(c.plugins.fuse_builtins);
     }
 
     #[test]
@@ -396,6 +399,7 @@ mod tests {
             ("CORS_ORIGIN", "https://a.example,https://b.example"),
             ("PLUGINS_DIR", "/srv/plugins"),
             ("PLUGINS_CACHE_DIR", "/var/cache/wasmgate"),
+            ("PLUGINS_FUSE_BUILTINS", "false"),
             ("GATEWAY_ADMIN_TOKEN", "adm"),
             ("REQUEST_SIGNING_SECRET", "sig"),
         ]);
@@ -418,6 +422,7 @@ mod tests {
         assert_eq!(c.cors.origins.len(), 2);
         assert_eq!(c.plugins.dir, "/srv/plugins");
         assert_eq!(c.plugins.cache_dir.as_deref(), Some("/var/cache/wasmgate"));
+        assert!(!c.plugins.fuse_builtins);
         assert_eq!(c.admin.token.as_ref().unwrap().expose(), "adm");
         assert_eq!(c.request_signing.secret.as_ref().unwrap().expose(), "sig");
     }

@@ -373,6 +373,11 @@ pub struct PluginsConfig {
     pub dir: String,
     /// Where compiled plugins are cached; unset = `<dir>/.cache`.
     pub cache_dir: Option<String>,
+    /// Run the built-ins whose only phase is `on-request-headers` (auth, rate-limit, router,
+    /// cors, security-headers) as members of one component, so that a route's consecutive
+    /// built-ins cost one instance and one call per request (`PLUGINS_FUSE_BUILTINS`). False
+    /// gives each its own instances (and linear memory).
+    pub fuse_builtins: bool,
 }
 
 impl Default for PluginsConfig {
@@ -381,6 +386,7 @@ impl Default for PluginsConfig {
             enabled: true,
             dir: "./plugins".into(),
             cache_dir: None,
+            fuse_builtins: true,
         }
     }
 }

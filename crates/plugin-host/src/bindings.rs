@@ -18,3 +18,30 @@ wasmtime::component::bindgen!({
 });
 
 pub use wasmgate::plugin::types::{Header, LocalResponse, Phase};
+
+/// The internal `builtin-bundle` world (`wit/builtin-bundle.wit`): the built-ins whose only
+/// phase is `on-request-headers`, run as members of one component. Its imports are the
+/// `gateway-plugin` world's (the same host implementations) plus `bundle`.
+pub mod bundle {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "builtin-bundle",
+        imports: {
+            "wasmgate:plugin/bundle": trappable,
+        },
+        exports: {
+            default: async,
+        },
+        with: {
+            "wasmgate:plugin/types": super::wasmgate::plugin::types,
+            "wasmgate:plugin/request": super::wasmgate::plugin::request,
+            "wasmgate:plugin/kv": super::wasmgate::plugin::kv,
+            "wasmgate:plugin/crypto": super::wasmgate::plugin::crypto,
+            "wasmgate:plugin/workers": super::wasmgate::plugin::workers,
+            "wasmgate:plugin/upstream": super::wasmgate::plugin::upstream,
+            "wasmgate:plugin/log": super::wasmgate::plugin::log,
+            "wasmgate:plugin/metrics": super::wasmgate::plugin::metrics,
+            "wasmgate:plugin/clock": super::wasmgate::plugin::clock,
+        },
+    });
+}

@@ -336,21 +336,59 @@ pub fn differ(a: &Config, b: &Config) -> bool {
         || a.router.region_header != b.router.region_header
         || a.router.networks != b.router.networks
         || a.server.tls.is_some() != b.server.tls.is_some()
+        || a.plugins.fuse_builtins != b.plugins.fuse_builtins
 }
+
+/// The built-ins that are members of the built-in bundle (`guest-plugins/builtins/bundle`):
+/// those whose only phase is `on-request-headers`.
+pub const BUNDLE_MEMBERS: &[&str] = &["auth", "cors", "rate-limit", "router", "security-headers"];
 
 /// Loads the built-ins `config` enables and installs them in the running chain (replacing the
 /// previous built-ins; folder plugins are kept). On error nothing changes.
 pub async fn configure(runtime: &PluginRuntime, config: &Config) -> Result<(), String> {
-    install(runtime, enabled(config)?).await
+    install(runtime, enabled(config)?, config.plugins.fuse_builtins).await
 }
 
-/// Loads `builtins` (from [`enabled`]) and installs them in the running chain.
+/// Loads `builtins` (from [`enabled`]) and installs them in the running chain. The bundle
+/// members among them are members of one bundle when `fuse` is set (consecutive ones in a
+/// chain then run with one call), else each of a bundle of its own.
 pub async fn install(
     runtime: &PluginRuntime,
     builtins: Vec<(&'static str, PluginSettings)>,
+    fuse: bool,
 ) -> Result<(), String> {
     let mut loaded: Vec<Arc<LoadedPlugin>> = Vec::new();
-    for (name, settings) in builtins {
+    let (mut members, others): (Vec<_>, Vec<_>) = builtins
+        .into_iter()
+        .partition(|(name, _)| BUNDLE_MEMBERS.contains(name));
+    // In chain order, as the members of a bundle run.
+    members.sort_by_key(|(name, s)| (s.order, *name));
+    let groups: Vec<Vec<(String, PluginSettings)>> = if fuse {
+        vec![members
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect()]
+    } else {
+        members
+            .into_iter()
+            .map(|(n, s)| vec![(n.to_string(), s)])
+            .collect()
+    };
+    for group in groups.into_iter().filter(|g| !g.is_empty()) {
+        let names: Vec<String> = group.iter().map(|(n, _)| n.clone()).collect();
+        let enabled: Vec<bool> = group.iter().map(|(_, s)| s.enabled).collect();
+        let plugins = runtime
+            .load_bundle(wasm("bundle"), group)
+            .await
+            .map_err(|e| format!("built-in bundle ({}): {e}", names.join(", ")))?;
+        for (p, on) in plugins.iter().zip(enabled) {
+            if !on {
+                p.set_enabled(false);
+            }
+        }
+        loaded.extend(plugins);
+    }
+    for (name, settings) in others {
         let p = runtime
             .load(PluginSource::Builtin, wasm(name), settings)
             .await

@@ -23,6 +23,8 @@ pub struct EngineOptions {
     pub max_memory_bytes: u64,
     /// Component instances alive at once, across all plugins.
     pub total_instances: u32,
+    /// Write `/tmp/perf-<pid>.map`, so that `perf report` names the functions of plugins.
+    pub perf_map: bool,
 }
 
 impl Default for EngineOptions {
@@ -31,6 +33,7 @@ impl Default for EngineOptions {
             cache_dir: None,
             max_memory_bytes: 512 << 20,
             total_instances: 1000,
+            perf_map: false,
         }
     }
 }
@@ -71,6 +74,9 @@ impl PluginEngine {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if opts.perf_map {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(PluginError::engine)?;
         let mut linker = Linker::new(&engine);
         crate::host::add_to_linker(&mut linker).map_err(PluginError::engine)?;

@@ -55,7 +55,7 @@ pub async fn start_gateway_plugins(
         }
         None => return Ok(None),
     };
-    crate::builtins::install(&runtime, builtins).await?;
+    crate::builtins::install(&runtime, builtins, config.plugins.fuse_builtins).await?;
     Ok(Some(runtime))
 }
 

@@ -3,7 +3,6 @@
 //! One instance serves one request at a time, so the request it is serving lives in the
 //! store (moved in before a phase call and out after: headers are never copied), and the
 //! `request` imports read and change it directly.
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
@@ -38,7 +37,7 @@ pub struct RequestState {
     /// Request headers (moved in and out, not copied).
     pub headers: HeaderMap,
     /// Properties shared between plugins (`identity`, `tenant`, ...).
-    pub properties: HashMap<String, String>,
+    pub properties: Properties,
     /// Response status, in response phases.
     pub response_status: Option<u16>,
     /// Response headers, in response phases.
@@ -49,6 +48,63 @@ pub struct RequestState {
     pub upstream: Option<Arc<dyn UpstreamView>>,
     /// Set by `skip-response-body` during a call; the session moves it to the plugin's slot.
     pub skip_response_body: bool,
+}
+
+/// A request's properties: a few keys (`identity`, `tenant`...) searched in order, which costs
+/// less than hashing them on every lookup.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Properties(Vec<(String, String)>);
+
+impl Properties {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Sets `key` to `value`; returns the value it replaced.
+    pub fn insert(&mut self, key: String, value: String) -> Option<String> {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => Some(std::mem::replace(v, value)),
+            None => {
+                self.0.push((key, value));
+                None
+            }
+        }
+    }
+
+    /// How many keys are set.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every key and value, in the order they were first set.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl std::ops::Index<&str> for Properties {
+    type Output = String;
+    fn index(&self, key: &str) -> &String {
+        self.get(key)
+            .unwrap_or_else(|| panic!("no property `{key}`"))
+    }
+}
+
+impl<'a> IntoIterator for &'a Properties {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, String)>,
+        fn(&'a (String, String)) -> (&'a String, &'a String),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
 }
 
 /// A response header queued by `add-response-header(s)`, set when the response head is known.
@@ -86,6 +142,35 @@ impl QueuedHeader {
 pub trait UpstreamView: Send + Sync + std::fmt::Debug {
     /// The targets, in configuration order.
     fn targets(&self) -> Vec<TargetView>;
+
+    /// Calls `f` with each target, in configuration order, without copying them (what a
+    /// bundle run packs into the request head).
+    fn each_target(&self, f: &mut dyn FnMut(TargetRef<'_>)) {
+        for t in self.targets() {
+            f(TargetRef {
+                address: &t.address,
+                healthy: t.healthy,
+                in_flight: t.in_flight,
+                region: t.region.as_deref(),
+                workers: &t.workers,
+            });
+        }
+    }
+}
+
+/// One upstream target, borrowed ([`UpstreamView::each_target`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TargetRef<'a> {
+    /// `host:port`.
+    pub address: &'a str,
+    /// Not ejected.
+    pub healthy: bool,
+    /// Requests in flight to it.
+    pub in_flight: u32,
+    /// Region tag.
+    pub region: Option<&'a str>,
+    /// GPU worker ids behind it.
+    pub workers: &'a [String],
 }
 
 /// One upstream target as a router plugin sees it.
@@ -127,6 +212,8 @@ pub struct Grants {
     pub kv_prefix: String,
     /// Absolute keys outside the namespace it may read (`kv_read` patterns).
     pub kv_read: Vec<String>,
+    /// The plugin's metrics.
+    pub series: Arc<crate::services::PluginSeries>,
 }
 
 impl Grants {
@@ -136,10 +223,11 @@ impl Grants {
     pub fn new(
         plugin: &str,
         tenant: Option<&str>,
-        key_prefix: &str,
+        services: &HostServices,
         caps: &[String],
         settings: &crate::PluginSettings,
     ) -> Grants {
+        let key_prefix = &services.key_prefix;
         let has = |c: &str| caps.iter().any(|x| x == c);
         let ns = settings.namespace.as_deref().unwrap_or(plugin);
         let kv_prefix = match tenant {
@@ -154,6 +242,7 @@ impl Grants {
             metrics: has("metrics"),
             kv_prefix,
             kv_read: settings.kv_read.clone(),
+            series: services.metrics.series(plugin),
         }
     }
 }
@@ -215,6 +304,11 @@ pub struct HostState {
     /// Time spent waiting on the state store since the call began: it does not count
     /// against the CPU budget (the epoch deadline is extended by it).
     pub io_wait: std::time::Duration,
+    /// In a built-in bundle's instance: each member's grants (`grants` is the running
+    /// member's).
+    pub(crate) member_grants: Vec<Arc<Grants>>,
+    /// The bundle run in progress.
+    pub(crate) bundle: Option<crate::bundle::BundleRun>,
 }
 
 impl HostState {
@@ -243,6 +337,8 @@ impl HostState {
             req: Box::default(),
             services,
             io_wait: std::time::Duration::ZERO,
+            member_grants: Vec::new(),
+            bundle: None,
         }
     }
 }
@@ -260,11 +356,36 @@ impl WasiView for HostState {
 /// and the `gateway-plugin` world's capabilities.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    GatewayPlugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+    GatewayPlugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    // What only the built-in bundle imports (a plugin that imports it is refused: the
+    // `gateway-plugin` world does not have it, see `inspect`).
+    crate::bindings::bundle::wasmgate::plugin::bundle::add_to_linker::<HostState, HasSelf<HostState>>(
+        linker,
+        |s| s,
+    )
 }
 
+/// A header name from a plugin. The names plugins use are few and used on every request
+/// (`x-gateway-identity`, `x-ratelimit-limit`...), and a name that is not a standard one costs
+/// an allocation to parse: the names parsed on this thread are kept (up to 256), and a kept
+/// one is a reference-count increment.
 fn header_name(name: &str) -> Option<HeaderName> {
-    HeaderName::from_bytes(name.as_bytes()).ok()
+    thread_local! {
+        static NAMES: std::cell::RefCell<std::collections::HashMap<Box<str>, HeaderName, foldhash::fast::RandomState>> =
+            std::cell::RefCell::new(Default::default());
+    }
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if let Some(n) = names.get(name) {
+            return Some(n.clone());
+        }
+        let n = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        if names.len() >= 256 {
+            names.clear();
+        }
+        names.insert(name.into(), n.clone());
+        Some(n)
+    })
 }
 
 fn get(map: &HeaderMap, name: &str) -> Option<String> {
@@ -295,12 +416,70 @@ impl types::Host for HostState {}
 
 impl HostState {
     /// Queues a response header (invalid names or values are ignored).
-    fn queue_response_header(&mut self, name: &str, value: &str, mode: QueueMode) {
+    pub(crate) fn queue_response_header(&mut self, name: &str, value: &str, mode: QueueMode) {
         if let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_str(value)) {
             self.req
                 .queued_response_headers
                 .push(QueuedHeader { name, value, mode });
         }
+    }
+
+    /// Sets a request header, replacing any value (invalid names or values are ignored).
+    pub(crate) fn set_request_header(&mut self, name: &str, value: &str) {
+        set(&mut self.req.headers, name, value);
+    }
+
+    /// Removes a request header (an invalid name removes nothing).
+    pub(crate) fn remove_request_header(&mut self, name: &str) {
+        self.req.headers.remove(name);
+    }
+
+    /// Adds to one of the plugin's counters, when `metrics` is granted.
+    pub(crate) fn counter_add(&mut self, name: &str, value: u64) {
+        if self.grants.metrics {
+            self.grants.series.counter_add(name, value);
+        }
+    }
+
+    /// Records in one of the plugin's histograms, when `metrics` is granted.
+    pub(crate) fn histogram_observe(&mut self, name: &str, value: f64) {
+        if self.grants.metrics {
+            self.grants.series.observe(name, value);
+        }
+    }
+}
+
+impl crate::bindings::bundle::wasmgate::plugin::bundle::Host for HostState {
+    fn commit(&mut self, member: u32, effects: Vec<u8>) -> wasmtime::Result<bool> {
+        match self.bundle.as_ref() {
+            Some(run) if run.current == Some(member) => {}
+            Some(run) => wasmtime::bail!(
+                "bundle member {member} committed while member {:?} was running",
+                run.current
+            ),
+            None => wasmtime::bail!("bundle commit outside a run"),
+        }
+        let done = crate::bundle::codec::apply_effects(self, &effects)?;
+        let answered = matches!(done.action, crate::bindings::Action::Respond(_));
+        let tenant_changed = {
+            let run = self.bundle.as_ref().expect("checked above");
+            run.tenant.as_deref() != self.req.tenant()
+        };
+        let run = self.bundle.as_mut().expect("checked above");
+        run.results.push(crate::bundle::MemberResult {
+            member,
+            action: done.action,
+            skip_response_body: done.skip_response_body,
+            at: std::time::Instant::now(),
+        });
+        run.current = crate::bundle::next_member(run.run, Some(member));
+        let next = run.current;
+        if let Some(n) = next {
+            if let Some(g) = self.member_grants.get(n as usize) {
+                self.grants = g.clone();
+            }
+        }
+        Ok(next.is_some() && !answered && !tenant_changed)
     }
 }
 
@@ -341,12 +520,10 @@ impl request::Host for HostState {
         all(&self.req.headers)
     }
     fn set_header(&mut self, name: String, value: String) {
-        set(&mut self.req.headers, &name, &value);
+        self.set_request_header(&name, &value);
     }
     fn remove_header(&mut self, name: String) {
-        if let Some(n) = header_name(&name) {
-            self.req.headers.remove(n);
-        }
+        self.remove_request_header(&name);
     }
     fn get_property(&mut self, key: String) -> Option<String> {
         self.req.properties.get(&key).cloned()
@@ -378,9 +555,7 @@ impl request::Host for HostState {
         }
     }
     fn remove_response_header(&mut self, name: String) {
-        if let Some(n) = header_name(&name) {
-            self.req.response_headers.remove(n);
-        }
+        self.req.response_headers.remove(name.as_str());
     }
 }
 
@@ -409,7 +584,11 @@ impl HostState {
     fn kv_key(&self, key: &str) -> Result<String, kv::KvError> {
         self.kv_granted()?;
         check_key(key)?;
-        Ok(format!("{}{key}", self.grants.kv_prefix))
+        let prefix = &self.grants.kv_prefix;
+        let mut k = String::with_capacity(prefix.len() + key.len());
+        k.push_str(prefix);
+        k.push_str(key);
+        Ok(k)
     }
 
     /// An absolute key outside the namespace, for reading only.
@@ -430,14 +609,26 @@ impl HostState {
         self.services.store.clone()
     }
 
-    /// Awaits a store call, crediting the wait to the CPU budget.
+    /// Awaits a store call, crediting the wait to the CPU budget. A call that completes when
+    /// first polled (the memory store's) waited for nothing: the clock is only read for one
+    /// that does not.
     async fn timed<T>(
         &mut self,
         call: impl std::future::Future<Output = wasmgate_state::StoreResult<T>>,
     ) -> Result<T, kv::KvError> {
-        let started = std::time::Instant::now();
-        let r = call.await;
-        self.io_wait += started.elapsed();
+        let mut call = std::pin::pin!(call);
+        let mut waiting_since = None;
+        let r = std::future::poll_fn(|cx| {
+            let p = call.as_mut().poll(cx);
+            if p.is_pending() {
+                waiting_since.get_or_insert_with(std::time::Instant::now);
+            }
+            p
+        })
+        .await;
+        if let Some(since) = waiting_since {
+            self.io_wait += since.elapsed();
+        }
         r.map_err(|e| match e {
             StoreError::Unavailable(m) => kv::KvError::Unavailable(m),
             StoreError::Refused(m) => kv::KvError::Refused(m),
@@ -684,18 +875,10 @@ impl log::Host for HostState {
 
 impl metrics::Host for HostState {
     fn counter_add(&mut self, name: String, value: u64) {
-        if self.grants.metrics {
-            self.services
-                .metrics
-                .counter_add(&self.grants.plugin, &name, value);
-        }
+        HostState::counter_add(self, &name, value);
     }
     fn histogram_observe(&mut self, name: String, value: f64) {
-        if self.grants.metrics {
-            self.services
-                .metrics
-                .observe(&self.grants.plugin, &name, value);
-        }
+        HostState::histogram_observe(self, &name, value);
     }
 }
 

@@ -26,6 +26,7 @@ pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 pub mod builtins;
+pub mod bundle;
 pub mod host;
 pub mod inspect;
 pub mod plugin;
@@ -36,7 +37,9 @@ pub mod session;
 pub mod settings;
 
 pub use engine::{EngineOptions, PluginEngine};
-pub use host::{QueueMode, QueuedHeader, RequestState, TargetView, UpstreamView};
+pub use host::{
+    Properties, QueueMode, QueuedHeader, RequestState, TargetRef, TargetView, UpstreamView,
+};
 pub use plugin::{CallFailure, LoadedPlugin, PluginSource, PluginState};
 pub use runtime::{PluginChain, PluginRuntime, Refusal};
 pub use services::HostServices;

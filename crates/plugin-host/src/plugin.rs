@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
-use crate::bindings::{GatewayPluginPre, Phase, PluginInfo};
+use crate::bindings::{GatewayPlugin, GatewayPluginPre, Phase, PluginInfo};
+use crate::bundle::Bundle;
 use crate::engine::{PluginEngine, EPOCH_TICK};
 use crate::host::{Grants, HostState};
 use crate::pool::{Checkout, InstancePool, Pooled};
@@ -145,7 +146,7 @@ impl Default for PluginStats {
 }
 
 impl PluginStats {
-    fn record_duration(&self, d: Duration) {
+    pub(crate) fn record_duration(&self, d: Duration) {
         let ns = d.as_nanos().max(1) as u64;
         let b = (63 - ns.leading_zeros() as usize).min(39);
         self.buckets[b].fetch_add(1, Ordering::Relaxed);
@@ -197,14 +198,7 @@ pub struct LoadedPlugin {
     pub from_cache: bool,
     /// Statistics.
     pub stats: PluginStats,
-    pre: GatewayPluginPre<HostState>,
-    engine: wasmtime::Engine,
-    services: Arc<HostServices>,
-    /// The pool of requests without a tenant: reached without a lock or a hash (every request
-    /// checks an instance out of it when tenants are not used).
-    shared_pool: Arc<InstancePool>,
-    /// The pools of tenants, each its own (no two tenants share an instance).
-    tenant_pools: Mutex<HashMap<String, Arc<InstancePool>>>,
+    runner: Runner,
     state: AtomicU8,
     failure: Mutex<Option<String>>,
     recent_traps: Mutex<VecDeque<Instant>>,
@@ -222,6 +216,142 @@ impl std::fmt::Debug for LoadedPlugin {
 /// Traps within this window count towards automatic disabling.
 const TRAP_WINDOW: Duration = Duration::from_secs(60);
 
+/// What runs a plugin's calls.
+enum Runner {
+    /// Its own component, with its own instances.
+    Component(ComponentRunner),
+    /// Member `index` of a built-in bundle: the bundle's instances run it, together with the
+    /// other members next to it in a chain (`crate::bundle`).
+    Member { bundle: Arc<Bundle>, index: u32 },
+}
+
+/// A plugin's own component and instances.
+struct ComponentRunner {
+    pre: GatewayPluginPre<HostState>,
+    engine: wasmtime::Engine,
+    services: Arc<HostServices>,
+    /// The pool of requests without a tenant: reached without a lock or a hash (every request
+    /// checks an instance out of it when tenants are not used).
+    shared_pool: Arc<InstancePool>,
+    /// The pools of tenants, each its own (no two tenants share an instance).
+    tenant_pools: TenantPools<GatewayPlugin>,
+}
+
+/// The instance pools of one component, per tenant.
+pub(crate) struct TenantPools<B> {
+    pools: Mutex<HashMap<String, Arc<InstancePool<B>>>>,
+}
+
+impl<B> Default for TenantPools<B> {
+    fn default() -> Self {
+        TenantPools {
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<B> TenantPools<B> {
+    /// The pool of `tenant`, made on first use.
+    pub(crate) fn get(&self, tenant: &str) -> Arc<InstancePool<B>> {
+        let mut pools = self.pools.lock().unwrap();
+        match pools.get(tenant) {
+            Some(p) => p.clone(),
+            None => pools.entry(tenant.to_string()).or_default().clone(),
+        }
+    }
+
+    /// `shared`, then every tenant's pool.
+    pub(crate) fn all(&self, shared: &Arc<InstancePool<B>>) -> Vec<Arc<InstancePool<B>>> {
+        let tenants = self.pools.lock().unwrap();
+        std::iter::once(shared.clone())
+            .chain(tenants.values().cloned())
+            .collect()
+    }
+}
+
+/// A new store for an instance: the memory cap, and a CPU deadline of `ticks` epochs at
+/// which time spent waiting on the state store is given back (the budget bounds the plugin's
+/// own work, not a slow Redis, whose calls have their own timeout).
+pub(crate) fn new_store(
+    engine: &wasmtime::Engine,
+    state: HostState,
+    ticks: u64,
+) -> Store<HostState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_callback(|mut ctx| {
+        let waited = std::mem::take(&mut ctx.data_mut().io_wait);
+        let ticks = (waited.as_micros() as u64).div_ceil(EPOCH_TICK.as_micros() as u64);
+        Ok(if ticks > 0 {
+            wasmtime::UpdateDeadline::Continue(ticks)
+        } else {
+            wasmtime::UpdateDeadline::Interrupt
+        })
+    });
+    store
+}
+
+/// Epoch ticks of a CPU budget in milliseconds (at least one).
+pub(crate) fn budget_ticks(cpu_budget_ms: u64) -> u64 {
+    (cpu_budget_ms * 1000)
+        .div_ceil(EPOCH_TICK.as_micros() as u64)
+        .max(1)
+}
+
+/// What a plugin's `init` said, checked against the operator's settings.
+pub(crate) struct Adopted {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) phases: Phases,
+    pub(crate) granted: Vec<String>,
+    pub(crate) refused: Vec<String>,
+}
+
+/// Checks a plugin's `init` answer: a valid name, known capabilities (granted when the
+/// operator allows them).
+pub(crate) fn adopt(info: PluginInfo, settings: &PluginSettings) -> Result<Adopted> {
+    let valid_name = !info.name.is_empty()
+        && info.name.len() <= 64
+        && info
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !valid_name {
+        return Err(PluginError::Init(format!(
+            "plugin name `{}` must be 1-64 of [a-z0-9-]",
+            info.name
+        )));
+    }
+    let (mut granted, mut refused) = (Vec::new(), Vec::new());
+    let mut buffer_request_body = false;
+    for cap in &info.capabilities {
+        // Costs memory (bounded by `server.max_body_bytes`) and latency, grants no access:
+        // needs no operator grant.
+        if cap == "buffer-request-body" {
+            buffer_request_body = true;
+            continue;
+        }
+        if !["kv", "workers", "metrics"].contains(&cap.as_str()) {
+            return Err(PluginError::Init(format!("unknown capability `{cap}`")));
+        }
+        if settings.grants.iter().any(|g| g == cap) {
+            granted.push(cap.clone());
+        } else {
+            refused.push(cap.clone());
+        }
+    }
+    let mut phases = Phases::from_wit(&info.phases);
+    phases.buffer_request_body = buffer_request_body && phases.request_body;
+    Ok(Adopted {
+        name: info.name,
+        version: info.version,
+        phases,
+        granted,
+        refused,
+    })
+}
+
 impl LoadedPlugin {
     /// Compiles, links and initializes a plugin; any failure is the reason it is refused.
     pub async fn load(
@@ -233,6 +363,17 @@ impl LoadedPlugin {
     ) -> Result<LoadedPlugin> {
         let sha256 = crate::engine::sha256_hex(wasm);
         let (component, from_cache): (Component, bool) = engine.compile(wasm)?;
+        // The host links what only its own built-in bundle may import: a plugin that imports
+        // it does not implement the gateway-plugin world.
+        if let Some((name, _)) = component
+            .component_type()
+            .imports(&engine.engine)
+            .find(|(name, _)| name.starts_with(crate::bundle::INTERFACE))
+        {
+            return Err(PluginError::World(format!(
+                "imports `{name}`, which only wasmgate's built-in bundle may use"
+            )));
+        }
         let pre = engine
             .linker
             .instantiate_pre(&component)
@@ -249,11 +390,13 @@ impl LoadedPlugin {
             settings,
             from_cache,
             stats: PluginStats::default(),
-            pre,
-            engine: engine.engine.clone(),
-            services,
-            shared_pool: Arc::default(),
-            tenant_pools: Mutex::new(HashMap::new()),
+            runner: Runner::Component(ComponentRunner {
+                pre,
+                engine: engine.engine.clone(),
+                services,
+                shared_pool: Arc::default(),
+                tenant_pools: TenantPools::default(),
+            }),
             state: AtomicU8::new(0),
             failure: Mutex::new(None),
             recent_traps: Mutex::new(VecDeque::new()),
@@ -263,87 +406,91 @@ impl LoadedPlugin {
             InstantiateError::Init(m) => PluginError::Init(m),
             InstantiateError::Wasm(m) => PluginError::Init(m),
         })?;
-        plugin.adopt_info(info)?;
+        let a = adopt(info, &plugin.settings)?;
+        (plugin.name, plugin.version, plugin.phases) = (a.name, a.version, a.phases);
+        (plugin.granted, plugin.refused) = (a.granted, a.refused);
+        let Runner::Component(c) = &plugin.runner else {
+            unreachable!("made above")
+        };
         // The probe was made before its name and grants were known: give it the real ones.
         probe.store.data_mut().grants = Arc::new(Grants::new(
             &plugin.name,
             None,
-            &plugin.services.key_prefix,
+            &c.services,
             &plugin.granted,
             &plugin.settings,
         ));
-        let pool = plugin.pool(None);
-        assert!(pool.reserve(usize::MAX));
-        pool.put_back(probe);
+        assert!(c.shared_pool.reserve(usize::MAX));
+        c.shared_pool.put_back(probe);
         Ok(plugin)
     }
 
-    fn adopt_info(&mut self, info: PluginInfo) -> Result<()> {
-        let valid_name = !info.name.is_empty()
-            && info.name.len() <= 64
-            && info
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !valid_name {
-            return Err(PluginError::Init(format!(
-                "plugin name `{}` must be 1-64 of [a-z0-9-]",
-                info.name
-            )));
-        }
-        let mut buffer_request_body = false;
-        for cap in &info.capabilities {
-            // Costs memory (bounded by `server.max_body_bytes`) and latency, grants no access:
-            // needs no operator grant.
-            if cap == "buffer-request-body" {
-                buffer_request_body = true;
-                continue;
-            }
-            if !["kv", "workers", "metrics"].contains(&cap.as_str()) {
-                return Err(PluginError::Init(format!("unknown capability `{cap}`")));
-            }
-            if self.settings.grants.iter().any(|g| g == cap) {
-                self.granted.push(cap.clone());
-            } else {
-                self.refused.push(cap.clone());
-            }
-        }
-        self.name = info.name;
-        self.version = info.version;
-        self.phases = Phases::from_wit(&info.phases);
-        self.phases.buffer_request_body = buffer_request_body && self.phases.request_body;
-        Ok(())
-    }
-
-    fn pool(&self, tenant: Option<&str>) -> Arc<InstancePool> {
-        let Some(tenant) = tenant else {
-            return self.shared_pool.clone();
-        };
-        let mut pools = self.tenant_pools.lock().unwrap();
-        match pools.get(tenant) {
-            Some(p) => p.clone(),
-            None => pools.entry(tenant.to_string()).or_default().clone(),
+    /// A member of a built-in bundle (made by [`Bundle::load`]).
+    pub(crate) fn member(
+        bundle: Arc<Bundle>,
+        index: u32,
+        adopted: Adopted,
+        settings: PluginSettings,
+    ) -> LoadedPlugin {
+        LoadedPlugin {
+            name: adopted.name,
+            version: adopted.version,
+            source: PluginSource::Builtin,
+            sha256: bundle.sha256.clone(),
+            phases: adopted.phases,
+            granted: adopted.granted,
+            refused: adopted.refused,
+            settings,
+            from_cache: bundle.from_cache,
+            stats: PluginStats::default(),
+            runner: Runner::Member { bundle, index },
+            state: AtomicU8::new(0),
+            failure: Mutex::new(None),
+            recent_traps: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// Every pool: the shared one, then the tenants'.
-    fn pools(&self) -> Vec<Arc<InstancePool>> {
-        let tenants = self.tenant_pools.lock().unwrap();
-        std::iter::once(self.shared_pool.clone())
-            .chain(tenants.values().cloned())
-            .collect()
+    /// The bundle this plugin is a member of, and its index there.
+    pub fn bundle_member(&self) -> Option<(&Arc<Bundle>, u32)> {
+        match &self.runner {
+            Runner::Member { bundle, index } => Some((bundle, *index)),
+            Runner::Component(_) => None,
+        }
+    }
+
+    fn component(&self) -> Option<&ComponentRunner> {
+        match &self.runner {
+            Runner::Component(c) => Some(c),
+            Runner::Member { .. } => None,
+        }
+    }
+
+    /// Every pool of this plugin's instances: the shared one, then the tenants' (a bundle
+    /// member's are its bundle's, shared with the other members).
+    fn clear_pools(&self) {
+        match &self.runner {
+            Runner::Component(c) => {
+                for pool in c.tenant_pools.all(&c.shared_pool) {
+                    pool.clear();
+                }
+            }
+            Runner::Member { bundle, .. } => bundle.clear_pools(),
+        }
     }
 
     fn budget_ticks(&self) -> u64 {
-        (self.settings.cpu_budget_ms * 1000)
-            .div_ceil(EPOCH_TICK.as_micros() as u64)
-            .max(1)
+        budget_ticks(self.settings.cpu_budget_ms)
     }
 
     async fn instantiate(
         &self,
         tenant: Option<&str>,
     ) -> std::result::Result<(Pooled, PluginInfo), InstantiateError> {
+        let Some(c) = self.component() else {
+            return Err(InstantiateError::Wasm(
+                "a bundle member runs in its bundle's instances".into(),
+            ));
+        };
         let name = if self.name.is_empty() {
             "(loading)"
         } else {
@@ -352,28 +499,17 @@ impl LoadedPlugin {
         let grants = Arc::new(Grants::new(
             name,
             tenant,
-            &self.services.key_prefix,
+            &c.services,
             &self.granted,
             &self.settings,
         ));
-        let mut store = Store::new(
-            &self.engine,
-            HostState::new(grants, self.services.clone(), self.settings.memory_bytes),
+        // Instantiation and init get 10 budgets.
+        let mut store = new_store(
+            &c.engine,
+            HostState::new(grants, c.services.clone(), self.settings.memory_bytes),
+            self.budget_ticks() * 10,
         );
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.budget_ticks() * 10); // instantiation + init get 10 budgets
-                                                            // At the deadline, time spent waiting on the state store is given back: the budget
-                                                            // bounds the plugin's own work, not a slow Redis (whose calls have their own timeout).
-        store.epoch_deadline_callback(|mut ctx| {
-            let waited = std::mem::take(&mut ctx.data_mut().io_wait);
-            let ticks = (waited.as_micros() as u64).div_ceil(EPOCH_TICK.as_micros() as u64);
-            Ok(if ticks > 0 {
-                wasmtime::UpdateDeadline::Continue(ticks)
-            } else {
-                wasmtime::UpdateDeadline::Interrupt
-            })
-        });
-        let bindings = self
+        let bindings = c
             .pre
             .instantiate_async(&mut store)
             .await
@@ -403,7 +539,15 @@ impl LoadedPlugin {
         if self.state() != PluginState::Active {
             return Err(CallFailure::Inactive);
         }
-        let pool = self.pool(tenant);
+        let Some(c) = self.component() else {
+            return Err(CallFailure::Trap(
+                "a bundle member runs in its bundle's instances".into(),
+            ));
+        };
+        let pool = match tenant {
+            None => c.shared_pool.clone(),
+            Some(t) => c.tenant_pools.get(t),
+        };
         if let Some(inst) = pool.take_idle() {
             return Ok(Checkout::new(pool, inst));
         }
@@ -479,20 +623,11 @@ impl LoadedPlugin {
         self.stats.record_duration(started.elapsed());
         match r {
             Ok(v) => Ok(v),
-            Err(e) => {
-                let failure = if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    CallFailure::CpuBudget
-                } else if inst.store.data().limiter.refused {
-                    CallFailure::Memory
-                } else {
-                    CallFailure::Trap(format!("{e:#}"))
-                };
-                Err(self.record_failure(failure))
-            }
+            Err(e) => Err(self.record_failure(classify(&e, inst.store.data()))),
         }
     }
 
-    fn record_failure(&self, f: CallFailure) -> CallFailure {
+    pub(crate) fn record_failure(&self, f: CallFailure) -> CallFailure {
         self.stats.traps.fetch_add(1, Ordering::Relaxed);
         match f {
             CallFailure::CpuBudget => self.stats.cpu_kills.fetch_add(1, Ordering::Relaxed),
@@ -562,25 +697,46 @@ impl LoadedPlugin {
         self.clear_pools();
     }
 
-    fn clear_pools(&self) {
-        for pool in self.pools() {
-            pool.clear();
+    /// Idle instances across tenants (a bundle member's: its bundle's).
+    pub fn idle_instances(&self) -> usize {
+        match &self.runner {
+            Runner::Component(c) => c
+                .tenant_pools
+                .all(&c.shared_pool)
+                .iter()
+                .map(|p| p.idle())
+                .sum(),
+            Runner::Member { bundle, .. } => bundle.idle_instances(),
         }
     }
 
-    /// Idle instances across tenants.
-    pub fn idle_instances(&self) -> usize {
-        self.pools().iter().map(|p| p.idle()).sum()
-    }
-
-    /// Live instances across tenants.
+    /// Live instances across tenants (a bundle member's: its bundle's).
     pub fn live_instances(&self) -> usize {
-        self.pools().iter().map(|p| p.live()).sum()
+        match &self.runner {
+            Runner::Component(c) => c
+                .tenant_pools
+                .all(&c.shared_pool)
+                .iter()
+                .map(|p| p.live())
+                .sum(),
+            Runner::Member { bundle, .. } => bundle.live_instances(),
+        }
     }
 
     /// What to do when a call fails.
     pub fn fail_policy(&self) -> FailPolicy {
         self.settings.fail_policy
+    }
+}
+
+/// What a failed call was: a blown CPU budget, a refused memory growth, or another trap.
+pub(crate) fn classify(e: &wasmtime::Error, state: &HostState) -> CallFailure {
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        CallFailure::CpuBudget
+    } else if state.limiter.refused {
+        CallFailure::Memory
+    } else {
+        CallFailure::Trap(format!("{e:#}"))
     }
 }
 

@@ -9,12 +9,13 @@ use wasmtime::Store;
 use crate::bindings::GatewayPlugin;
 use crate::host::HostState;
 
-/// A live instance and its store.
-pub struct Pooled {
+/// A live instance and its store; `B` is its typed exports (a plugin's, or the built-in
+/// bundle's).
+pub struct Pooled<B = GatewayPlugin> {
     /// The store (its data is the host state).
     pub store: Store<HostState>,
     /// The instance's typed exports.
-    pub bindings: GatewayPlugin,
+    pub bindings: B,
     /// Requests served.
     pub uses: u64,
     /// A call started and has not returned. Still set when the instance comes back, the call's
@@ -24,15 +25,23 @@ pub struct Pooled {
 }
 
 /// The idle instances of one (plugin, tenant) and a count of the live ones.
-#[derive(Default)]
-pub struct InstancePool {
-    idle: Mutex<Vec<Pooled>>,
+pub struct InstancePool<B = GatewayPlugin> {
+    idle: Mutex<Vec<Pooled<B>>>,
     live: AtomicUsize,
 }
 
-impl InstancePool {
+impl<B> Default for InstancePool<B> {
+    fn default() -> Self {
+        InstancePool {
+            idle: Mutex::new(Vec::new()),
+            live: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<B> InstancePool<B> {
     /// An idle instance, if any.
-    pub fn take_idle(&self) -> Option<Pooled> {
+    pub fn take_idle(&self) -> Option<Pooled<B>> {
         self.idle.lock().unwrap().pop()
     }
 
@@ -51,7 +60,7 @@ impl InstancePool {
     }
 
     /// Returns a healthy instance for reuse.
-    pub fn put_back(&self, p: Pooled) {
+    pub fn put_back(&self, p: Pooled<B>) {
         self.idle.lock().unwrap().push(p);
     }
 
@@ -67,7 +76,7 @@ impl InstancePool {
 
     /// Drops every idle instance (on disable or unload).
     pub fn clear(&self) {
-        let drained: Vec<Pooled> = std::mem::take(&mut *self.idle.lock().unwrap());
+        let drained: Vec<Pooled<B>> = std::mem::take(&mut *self.idle.lock().unwrap());
         for _ in &drained {
             self.release();
         }
@@ -76,14 +85,14 @@ impl InstancePool {
 
 /// An instance checked out by one request. Dropping it without [`Checkout::give_back`]
 /// discards the instance (the right thing after a trap).
-pub struct Checkout {
-    pool: Arc<InstancePool>,
+pub struct Checkout<B = GatewayPlugin> {
+    pool: Arc<InstancePool<B>>,
     /// The instance.
-    pub inst: Option<Pooled>,
+    pub inst: Option<Pooled<B>>,
 }
 
-impl Checkout {
-    pub(crate) fn new(pool: Arc<InstancePool>, inst: Pooled) -> Self {
+impl<B> Checkout<B> {
+    pub(crate) fn new(pool: Arc<InstancePool<B>>, inst: Pooled<B>) -> Self {
         Checkout {
             pool,
             inst: Some(inst),
@@ -103,7 +112,7 @@ impl Checkout {
     }
 }
 
-impl Drop for Checkout {
+impl<B> Drop for Checkout<B> {
     fn drop(&mut self) {
         if self.inst.take().is_some() {
             self.pool.release();

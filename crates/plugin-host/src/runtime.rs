@@ -131,6 +131,16 @@ impl PluginRuntime {
         Ok(Arc::new(p))
     }
 
+    /// Loads a built-in bundle (`wasm`) running `members` (built-in name and settings, in
+    /// chain order): one plugin per member.
+    pub async fn load_bundle(
+        &self,
+        wasm: &[u8],
+        members: Vec<(String, PluginSettings)>,
+    ) -> Result<Vec<Arc<LoadedPlugin>>> {
+        crate::bundle::Bundle::load(&self.engine, self.services.clone(), wasm, members).await
+    }
+
     /// Replaces the chain with `plugins` (plus the built-ins they do not shadow).
     pub fn install(&self, plugins: Vec<Arc<LoadedPlugin>>, refused: Vec<Refusal>) {
         let mut all = plugins;

@@ -1,21 +1,27 @@
 //! Process-wide services behind the host imports: the state store (`wasmgate-state`: memory
 //! or Redis), the worker registry and plugins' own metrics.
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use wasmgate_state::{MemoryStore, Store, WorkerRegistry, WorkerRegistryOptions};
 
-/// Plugins' own metrics, by plugin and name. Updating an existing series allocates nothing
-/// (it is on every request of a plugin that counts).
+/// Plugins' own metrics, by plugin and name. A plugin's instances hold its series
+/// ([`PluginSeries`], through their grants), so counting on a request takes no lookup by
+/// plugin name, no hashing and no allocation once the series exists.
 #[derive(Debug, Default)]
 pub struct PluginMetrics {
-    counters: Mutex<Series<u64>>,
-    histograms: Mutex<Series<(u64, f64)>>,
+    plugins: RwLock<HashMap<String, Arc<PluginSeries>>>,
 }
 
-/// Plugin name → metric name → value.
-type Series<V> = HashMap<String, HashMap<String, V>>;
+/// One plugin's counters and histograms (count and sum). A plugin has a handful of names: a
+/// list searched in order is faster than a hash map.
+#[derive(Debug, Default)]
+pub struct PluginSeries {
+    counters: RwLock<Vec<(String, AtomicU64)>>,
+    histograms: Mutex<Vec<(String, u64, f64)>>,
+}
 
 /// Metric names plugins may use: `[a-z0-9_]{1,64}` (anything else is dropped).
 fn valid_metric_name(name: &str) -> bool {
@@ -26,63 +32,111 @@ fn valid_metric_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// The series `(plugin, name)` of `map`, created on first use.
-fn series<'m, V: Default>(map: &'m mut Series<V>, plugin: &str, name: &str) -> &'m mut V {
-    if !map.contains_key(plugin) {
-        map.insert(plugin.to_string(), HashMap::new());
+impl PluginSeries {
+    /// Adds to a counter (created on first use).
+    pub fn counter_add(&self, name: &str, value: u64) {
+        if let Some((_, c)) = self
+            .counters
+            .read()
+            .unwrap()
+            .iter()
+            .find(|(n, _)| n == name)
+        {
+            c.fetch_add(value, Ordering::Relaxed);
+            return;
+        }
+        if !valid_metric_name(name) {
+            return;
+        }
+        let mut counters = self.counters.write().unwrap();
+        match counters.iter().find(|(n, _)| n == name) {
+            Some((_, c)) => {
+                c.fetch_add(value, Ordering::Relaxed);
+            }
+            None => counters.push((name.to_string(), AtomicU64::new(value))),
+        }
     }
-    let by_name = map.get_mut(plugin).expect("inserted");
-    if !by_name.contains_key(name) {
-        by_name.insert(name.to_string(), V::default());
+
+    /// A counter's value.
+    pub fn counter(&self, name: &str) -> u64 {
+        let c = self.counters.read().unwrap();
+        c.iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| v.load(Ordering::Relaxed))
     }
-    by_name.get_mut(name).expect("inserted")
+
+    /// Records a histogram observation.
+    pub fn observe(&self, name: &str, value: f64) {
+        if !value.is_finite() {
+            return;
+        }
+        let mut h = self.histograms.lock().unwrap();
+        match h.iter_mut().find(|(n, _, _)| n == name) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += value;
+            }
+            None if valid_metric_name(name) => h.push((name.to_string(), 1, value)),
+            None => {}
+        }
+    }
 }
 
 impl PluginMetrics {
+    /// The series of `plugin` (created on first use).
+    pub fn series(&self, plugin: &str) -> Arc<PluginSeries> {
+        if let Some(s) = self.plugins.read().unwrap().get(plugin) {
+            return s.clone();
+        }
+        self.plugins
+            .write()
+            .unwrap()
+            .entry(plugin.to_string())
+            .or_default()
+            .clone()
+    }
     /// Adds to a counter.
     pub fn counter_add(&self, plugin: &str, name: &str, value: u64) {
-        if valid_metric_name(name) {
-            *series(&mut self.counters.lock().unwrap(), plugin, name) += value;
-        }
+        self.series(plugin).counter_add(name, value);
     }
     /// Records a histogram observation (count and sum kept).
     pub fn observe(&self, plugin: &str, name: &str, value: f64) {
-        if valid_metric_name(name) && value.is_finite() {
-            let mut h = self.histograms.lock().unwrap();
-            let e = series(&mut h, plugin, name);
-            e.0 += 1;
-            e.1 += value;
-        }
+        self.series(plugin).observe(name, value);
     }
     /// Every counter: `(plugin, name, value)`, sorted.
     pub fn counters(&self) -> Vec<(String, String, u64)> {
-        let c = self.counters.lock().unwrap();
-        let mut out: Vec<_> = c
+        let plugins = self.plugins.read().unwrap();
+        let mut out: Vec<_> = plugins
             .iter()
-            .flat_map(|(p, m)| m.iter().map(move |(n, v)| (p.clone(), n.clone(), *v)))
+            .flat_map(|(p, s)| {
+                let c = s.counters.read().unwrap();
+                c.iter()
+                    .map(|(n, v)| (p.clone(), n.clone(), v.load(Ordering::Relaxed)))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         out.sort();
         out
     }
     /// Every histogram: `(plugin, name, count, sum)`, sorted.
     pub fn histograms(&self) -> Vec<(String, String, u64, f64)> {
-        let h = self.histograms.lock().unwrap();
-        let mut out: Vec<_> = h
+        let plugins = self.plugins.read().unwrap();
+        let mut out: Vec<_> = plugins
             .iter()
-            .flat_map(|(p, m)| m.iter().map(move |(n, v)| (p.clone(), n.clone(), v.0, v.1)))
+            .flat_map(|(p, s)| {
+                let h = s.histograms.lock().unwrap();
+                h.iter()
+                    .map(|(n, c, sum)| (p.clone(), n.clone(), *c, *sum))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         out
     }
     /// A counter's value.
     pub fn counter(&self, plugin: &str, name: &str) -> u64 {
-        self.counters
-            .lock()
-            .unwrap()
-            .get(plugin)
-            .and_then(|m| m.get(name))
-            .copied()
-            .unwrap_or(0)
+        let plugins = self.plugins.read().unwrap();
+        plugins.get(plugin).map_or(0, |s| s.counter(name))
     }
 }
 

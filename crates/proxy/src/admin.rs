@@ -422,6 +422,8 @@ fn describe(p: &LoadedPlugin) -> Value {
         "cpu_kills": p.stats.cpu_kills.load(Relaxed),
         "memory_kills": p.stats.memory_kills.load(Relaxed),
         "instances": p.live_instances(),
+        // A built-in bundle member shares its instances (and `instances`) with these.
+        "bundle": p.bundle_member().map(|(b, _)| b.member_names()),
         "p50_us": p.stats.percentile_us(0.5),
         "compiled_from_cache": p.from_cache,
     })

@@ -446,6 +446,18 @@ impl wasmgate_plugin_host::UpstreamView for Upstream {
             })
             .collect()
     }
+
+    fn each_target(&self, f: &mut dyn FnMut(wasmgate_plugin_host::TargetRef<'_>)) {
+        for (i, t) in self.targets.iter().enumerate() {
+            f(wasmgate_plugin_host::TargetRef {
+                address: t.authority.as_str(),
+                healthy: self.available(i),
+                in_flight: t.in_flight(),
+                region: t.region.as_deref(),
+                workers: &t.workers,
+            });
+        }
+    }
 }
 
 /// Checks every target each `interval`, concurrently, until the upstream is gone.

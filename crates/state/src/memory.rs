@@ -1,7 +1,8 @@
 //! The embedded store: sharded maps behind short mutexes, lazy expiry, and a bound on the
 //! number of keys (expired keys go first, then the least recently used of a small sample, as
-//! Redis's `allkeys-lru` does).
-use std::collections::hash_map::RandomState;
+//! Redis's `allkeys-lru` does). Keys are hashed with foldhash, seeded per process: keys carry
+//! what clients send (identities, addresses), so the hash must not be predictable, and SipHash
+//! costs several times more on a rate-limit key.
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,16 +40,19 @@ struct Entry {
     touched: u64,
 }
 
+/// foldhash, seeded once per process.
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Default)]
 struct Shard {
-    map: HashMap<String, Entry>,
+    map: HashMap<String, Entry, Hasher>,
     last_sweep: Option<Instant>,
 }
 
 /// The embedded in-memory store (one process; the default when `REDIS_URL` is unset).
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    hasher: Hasher,
     per_shard: usize,
     clock: AtomicU64,
 }
@@ -85,7 +89,7 @@ impl MemoryStore {
     pub fn new(max_keys: usize) -> MemoryStore {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: Hasher::default(),
             per_shard: max_keys.div_ceil(SHARDS).max(1),
             clock: AtomicU64::new(0),
         }
@@ -113,19 +117,35 @@ impl MemoryStore {
     /// Runs `f` on the live entry at `key` (expired entries are removed first) with its shard
     /// locked. `f` may insert or remove the key.
     fn with<T>(&self, key: &str, f: impl FnOnce(&mut Shard, u64) -> T) -> T {
+        self.with_at(key, None, f)
+    }
+
+    /// [`MemoryStore::with`] at `now` (read from the clock only when needed when `None`).
+    fn with_at<T>(
+        &self,
+        key: &str,
+        now: Option<Instant>,
+        f: impl FnOnce(&mut Shard, u64) -> T,
+    ) -> T {
         let idx = (self.hasher.hash_one(key) as usize) % SHARDS;
         let mut shard = self.shards[idx].lock().unwrap();
-        let now = Instant::now();
-        if shard
-            .map
-            .get(key)
-            .is_some_and(|e| e.expires.is_some_and(|x| x <= now))
-        {
-            shard.map.remove(key);
-        }
         let tick = self.clock.fetch_add(1, Ordering::Relaxed);
-        if let Some(e) = shard.map.get_mut(key) {
-            e.touched = tick;
+        // One lookup: touch the entry, or find it expired.
+        let expired = match shard.map.get_mut(key) {
+            Some(e)
+                if e.expires
+                    .is_some_and(|x| x <= now.unwrap_or_else(Instant::now)) =>
+            {
+                true
+            }
+            Some(e) => {
+                e.touched = tick;
+                false
+            }
+            None => false,
+        };
+        if expired {
+            shard.map.remove(key);
         }
         f(&mut shard, tick)
     }
@@ -185,7 +205,7 @@ impl MemoryStore {
         kind: WindowKind,
     ) -> StoreResult<WindowHit> {
         let now = Instant::now();
-        self.with(key, |s, tick| {
+        self.with_at(key, Some(now), |s, tick| {
             if kind == WindowKind::Sliding {
                 let entry = self.entry_or_insert(s, key, tick, || Value::Hits(VecDeque::new()));
                 let Value::Hits(hits) = &mut entry.value else {

@@ -36,7 +36,162 @@ pub mod bindings {
 
 pub use bindings::wasmgate::plugin::request::QueueMode;
 pub use bindings::wasmgate::plugin::types::{Header, LocalResponse, Phase};
-pub use bindings::wasmgate::plugin::{clock, crypto, kv, log, metrics, request, upstream, workers};
+pub use bindings::wasmgate::plugin::{clock, crypto, kv, log, workers};
+
+#[doc(hidden)]
+pub mod bundle;
+
+/// The current request (and, in response phases, its response): the `request` import.
+///
+/// Inside wasmgate's built-in bundle these answer from the request head the host passed and
+/// record changes for the host, with no host call each; everywhere else each is the host call
+/// of the same name. Plugins see no difference.
+pub mod request {
+    use crate::bindings::wasmgate::plugin::request as host;
+    use crate::bundle::with_local;
+    pub use crate::Header;
+    pub use host::QueueMode;
+
+    /// The method, e.g. `GET`.
+    pub fn method() -> String {
+        with_local(|l| l.method()).unwrap_or_else(host::method)
+    }
+    /// The path as the client sent it, without the query.
+    pub fn path() -> String {
+        with_local(|l| l.path()).unwrap_or_else(host::path)
+    }
+    /// The raw query string, without `?`.
+    pub fn query() -> Option<String> {
+        with_local(|l| l.query()).unwrap_or_else(host::query)
+    }
+    /// The client's IP address.
+    pub fn client_addr() -> String {
+        with_local(|l| l.client_addr()).unwrap_or_else(host::client_addr)
+    }
+    /// The matched route's name.
+    pub fn route() -> String {
+        with_local(|l| l.route()).unwrap_or_else(host::route)
+    }
+    /// The tenant, once a plugin has set the `tenant` property.
+    pub fn tenant() -> Option<String> {
+        with_local(|l| l.get_property("tenant")).unwrap_or_else(host::tenant)
+    }
+    /// The request id (`X-Request-ID`).
+    pub fn request_id() -> String {
+        with_local(|l| l.request_id()).unwrap_or_else(host::request_id)
+    }
+    /// One request header (the first value when repeated), in request phases.
+    pub fn get_header(name: &str) -> Option<String> {
+        with_local(|l| l.get_header(name)).unwrap_or_else(|| host::get_header(name))
+    }
+    /// Every request header (copies them all: prefer [`get_header`]).
+    pub fn get_headers() -> Vec<Header> {
+        with_local(|l| l.get_headers()).unwrap_or_else(host::get_headers)
+    }
+    /// Sets a request header, replacing any value. Invalid names or values are ignored.
+    pub fn set_header(name: &str, value: &str) {
+        if with_local(|l| l.set_header(name, value)).is_none() {
+            host::set_header(name, value)
+        }
+    }
+    /// Removes a request header.
+    pub fn remove_header(name: &str) {
+        if with_local(|l| l.remove_header(name)).is_none() {
+            host::remove_header(name)
+        }
+    }
+    /// A request property set by this or an earlier plugin.
+    pub fn get_property(key: &str) -> Option<String> {
+        with_local(|l| l.get_property(key)).unwrap_or_else(|| host::get_property(key))
+    }
+    /// Sets a request property that later plugins (and phases) see.
+    pub fn set_property(key: &str, value: &str) {
+        if with_local(|l| l.set_property(key, value)).is_none() {
+            host::set_property(key, value)
+        }
+    }
+    /// The response status, in response phases.
+    pub fn response_status() -> Option<u16> {
+        with_local(|_| None).unwrap_or_else(host::response_status)
+    }
+    /// One response header, in response phases.
+    pub fn get_response_header(name: &str) -> Option<String> {
+        with_local(|_| None).unwrap_or_else(|| host::get_response_header(name))
+    }
+    /// Every response header, in response phases.
+    pub fn get_response_headers() -> Vec<Header> {
+        with_local(|_| Vec::new()).unwrap_or_else(host::get_response_headers)
+    }
+    /// Sets a response header, in response phases (a request phase has no response yet:
+    /// queue with [`add_response_header`]).
+    pub fn set_response_header(name: &str, value: &str) {
+        if with_local(|_| ()).is_none() {
+            host::set_response_header(name, value)
+        }
+    }
+    /// Removes a response header, in response phases.
+    pub fn remove_response_header(name: &str) {
+        if with_local(|_| ()).is_none() {
+            host::remove_response_header(name)
+        }
+    }
+    /// This request's response body needs nothing from this plugin.
+    pub fn skip_response_body() {
+        if with_local(|l| l.skip_response_body()).is_none() {
+            host::skip_response_body()
+        }
+    }
+    /// Queues a header for the response (replacing any value), from any phase.
+    pub fn add_response_header(name: &str, value: &str) {
+        if with_local(|l| l.queue_response_header(name, value, QueueMode::Replace)).is_none() {
+            host::add_response_header(name, value)
+        }
+    }
+    /// Queues several response headers in one call; `mode` says what each does to a header of
+    /// that name the response already carries.
+    pub fn add_response_headers(headers: &[Header], mode: QueueMode) {
+        let local = with_local(|l| {
+            for h in headers {
+                l.queue_response_header(&h.name, &h.value, mode);
+            }
+        });
+        if local.is_none() {
+            host::add_response_headers(headers, mode)
+        }
+    }
+}
+
+/// The current route's upstream targets (always available, read only): what a router plugin
+/// chooses from with `continue-to`.
+pub mod upstream {
+    use crate::bindings::wasmgate::plugin::upstream as host;
+    use crate::bundle::with_local;
+    pub use host::Target;
+
+    /// The route's targets, in configuration order (empty outside a routed request).
+    pub fn targets() -> Vec<Target> {
+        with_local(|l| l.targets()).unwrap_or_else(host::targets)
+    }
+}
+
+/// The plugin's own metrics (capability `metrics`), exported under `wasmgate_plugin_<name>_`.
+pub mod metrics {
+    use crate::bindings::wasmgate::plugin::metrics as host;
+    use crate::bundle::with_local;
+
+    /// Adds `value` to counter `name`.
+    pub fn counter_add(name: &str, value: u64) {
+        if with_local(|l| l.counter_add(name, value)).is_none() {
+            host::counter_add(name, value)
+        }
+    }
+    /// Records `value` in histogram `name`.
+    pub fn histogram_observe(name: &str, value: f64) {
+        if with_local(|l| l.histogram_observe(name, value)).is_none() {
+            host::histogram_observe(name, value)
+        }
+    }
+}
 
 /// What a phase tells the host to do next.
 pub type Action = bindings::wasmgate::plugin::types::Action;
@@ -80,6 +235,17 @@ pub struct Info {
 }
 
 impl Info {
+    /// What `init` returns to the host.
+    #[doc(hidden)]
+    pub fn into_wit(self) -> bindings::wasmgate::plugin::types::PluginInfo {
+        bindings::wasmgate::plugin::types::PluginInfo {
+            name: self.name,
+            version: self.version,
+            phases: self.phases,
+            capabilities: self.capabilities,
+        }
+    }
+
     /// A plugin with no phases and no capabilities yet.
     pub fn new(name: &str, version: &str) -> Self {
         Info {
@@ -170,12 +336,7 @@ pub mod __private {
         let plugin = P::new(Config(config))?;
         let info = plugin.info();
         INSTANCE.with(|i| *i.borrow_mut() = Some(Box::new(plugin)));
-        Ok(bindings::wasmgate::plugin::types::PluginInfo {
-            name: info.name,
-            version: info.version,
-            phases: info.phases,
-            capabilities: info.capabilities,
-        })
+        Ok(info.into_wit())
     }
 
     pub fn with<P: Plugin, R>(f: impl FnOnce(&mut P) -> R) -> R {

@@ -75,9 +75,10 @@ fn default_leeway() -> u64 {
     30
 }
 
-struct Auth {
+/// The plugin (a member of the built-in bundle, `guest-plugins/builtins/bundle`).
+pub struct Auth {
     s: Settings,
-    /// Decoded API key hashes, with their ids.
+    /// Decoded API key hashes, with the identity of each (`key:<id>`).
     keys: Vec<(String, Vec<u8>)>,
     /// Decoded worker token hashes.
     token_hashes: Vec<Vec<u8>>,
@@ -187,7 +188,7 @@ impl Auth {
         let hash = sha256(key.as_bytes());
         match matches_any(&hash, self.keys.iter().map(|(_, h)| h.as_slice())) {
             Some(i) => Ok(Caller {
-                identity: format!("key:{}", self.keys[i].0),
+                identity: self.keys[i].0.clone(),
                 tenant: None,
             }),
             None => Err(Failure::Invalid("API key")),
@@ -301,7 +302,7 @@ impl Plugin for Auth {
                 hex::decode(k.sha256.trim())
                     .ok()
                     .filter(|h| h.len() == 32)
-                    .map(|h| (k.id.clone(), h))
+                    .map(|h| (format!("key:{}", k.id), h))
                     .ok_or_else(|| format!("api key `{}`: sha256 must be 64 hex digits", k.id))
             })
             .collect::<Result<_, _>>()?;
@@ -403,5 +404,3 @@ impl Plugin for Auth {
         }
     }
 }
-
-export_plugin!(Auth);

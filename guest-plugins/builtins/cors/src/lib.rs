@@ -5,7 +5,8 @@ use wasmgate_plugin_sdk::prelude::*;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Cors {
+/// The plugin (a member of the built-in bundle, `guest-plugins/builtins/bundle`).
+pub struct Cors {
     origins: Vec<String>,
     methods: Vec<String>,
     headers: Vec<String>,
@@ -116,5 +117,3 @@ impl Plugin for Cors {
         })
     }
 }
-
-export_plugin!(Cors);

@@ -50,7 +50,8 @@ fn yes() -> bool {
     true
 }
 
-struct RateLimit {
+/// The plugin (a member of the built-in bundle, `guest-plugins/builtins/bundle`).
+pub struct RateLimit {
     s: Settings,
 }
 
@@ -84,11 +85,29 @@ impl RateLimit {
     }
 }
 
-fn client_key() -> String {
+/// Appends the caller to `key`: its identity when authenticated, else its address.
+fn push_client(key: &mut String) {
     match request::get_property("identity") {
-        Some(id) if !id.is_empty() => format!("id:{id}"),
-        _ => request::client_addr(),
+        Some(id) if !id.is_empty() => {
+            key.push_str("id:");
+            key.push_str(&id);
+        }
+        _ => key.push_str(&request::client_addr()),
     }
+}
+
+/// `n` in decimal, written into `buf` (no allocation: this runs on every request).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 fn secs_ceil(ms: u64) -> u64 {
@@ -112,27 +131,24 @@ impl Plugin for RateLimit {
     }
 
     fn on_request_headers(&mut self) -> Action {
-        let (limit, window_ms, scope) = self.applicable();
-        let key = format!("{scope}{}", client_key());
+        let (limit, window_ms, mut key) = self.applicable();
+        push_client(&mut key);
         let hit = match self.s.algorithm {
             Algorithm::Sliding => kv::window_hit(&key, limit, window_ms),
             Algorithm::Fixed => kv::fixed_window_hit(&key, limit, window_ms),
         };
         match hit {
             Ok(w) => {
-                // Queued now, set on the response (upstream's or the 429): no response phase,
-                // and one host call for the three.
-                let header = |name: &str, value: u64| Header {
-                    name: name.into(),
-                    value: value.to_string(),
-                };
-                request::add_response_headers(
-                    &[
-                        header("x-ratelimit-limit", limit),
-                        header("x-ratelimit-remaining", w.remaining),
-                        header("x-ratelimit-reset", secs_ceil(w.reset_after_ms)),
-                    ],
-                    QueueMode::Replace,
+                // Queued now, set on the response (upstream's or the 429): no response phase.
+                let mut buf = [0u8; 20];
+                request::add_response_header("x-ratelimit-limit", decimal(limit, &mut buf));
+                request::add_response_header(
+                    "x-ratelimit-remaining",
+                    decimal(w.remaining, &mut buf),
+                );
+                request::add_response_header(
+                    "x-ratelimit-reset",
+                    decimal(secs_ceil(w.reset_after_ms), &mut buf),
                 );
                 if w.allowed {
                     metrics::counter_add("allowed", 1);
@@ -177,5 +193,3 @@ impl Plugin for RateLimit {
         }
     }
 }
-
-export_plugin!(RateLimit);

@@ -43,7 +43,8 @@ fn region_header() -> String {
     "x-region".into()
 }
 
-struct Router {
+/// The plugin (a member of the built-in bundle, `guest-plugins/builtins/bundle`).
+pub struct Router {
     strategy: Strategy,
     region_header: String,
     networks: Vec<(IpNet, String)>,
@@ -70,41 +71,54 @@ impl Router {
             .map(|(_, r)| r.clone())
     }
 
-    /// The target with the fewest requests in flight; ties rotate.
-    fn least_connections<'a>(&mut self, targets: &[&'a Target]) -> Option<&'a Target> {
-        let min = targets.iter().map(|t| t.in_flight).min()?;
-        let ties: Vec<&Target> = targets
+    /// Among the targets `eligible` accepts, the one with the fewest requests in flight; ties
+    /// rotate. No allocation: this runs on every request.
+    fn least_connections<'a>(
+        &mut self,
+        targets: &'a [Target],
+        eligible: impl Fn(&Target) -> bool,
+    ) -> Option<&'a Target> {
+        let min = targets
             .iter()
-            .copied()
-            .filter(|t| t.in_flight == min)
-            .collect();
+            .filter(|t| eligible(t))
+            .map(|t| t.in_flight)
+            .min()?;
+        let tie = |t: &&Target| eligible(t) && t.in_flight == min;
+        let n = targets.iter().filter(tie).count();
         self.turn = self.turn.wrapping_add(1);
-        Some(ties[self.turn % ties.len()])
+        targets.iter().filter(tie).nth(self.turn % n)
     }
 
-    fn region_affinity<'a>(&mut self, targets: &[&'a Target]) -> Option<&'a Target> {
-        let local: Vec<&Target> = match self.client_region() {
-            Some(region) => targets
-                .iter()
-                .copied()
-                .filter(|t| {
-                    t.region
+    fn region_affinity<'a>(
+        &mut self,
+        targets: &'a [Target],
+        candidate: impl Fn(&Target) -> bool + Copy,
+    ) -> Option<&'a Target> {
+        if let Some(region) = self.client_region() {
+            let local = |t: &Target| {
+                candidate(t)
+                    && t.region
                         .as_deref()
                         .is_some_and(|r| r.eq_ignore_ascii_case(&region))
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        if local.is_empty() {
-            self.least_connections(targets)
-        } else {
-            self.least_connections(&local)
+            };
+            if let Some(t) = self.least_connections(targets, local) {
+                return Some(t);
+            }
         }
+        self.least_connections(targets, candidate)
     }
 
-    fn least_loaded<'a>(&mut self, targets: &[&'a Target]) -> Option<&'a Target> {
-        if targets.iter().all(|t| t.workers.is_empty()) {
-            return self.least_connections(targets);
+    fn least_loaded<'a>(
+        &mut self,
+        targets: &'a [Target],
+        candidate: impl Fn(&Target) -> bool + Copy,
+    ) -> Option<&'a Target> {
+        if targets
+            .iter()
+            .filter(|t| candidate(t))
+            .all(|t| t.workers.is_empty())
+        {
+            return self.least_connections(targets, candidate);
         }
         let live: HashMap<String, (f64, f64)> = workers::active()
             .into_iter()
@@ -115,7 +129,7 @@ impl Router {
             .collect();
         // (mean queue depth, mean utilization, in flight) of each target with a live worker.
         let mut best: Option<((f64, f64, u32), &Target)> = None;
-        for t in targets {
+        for t in targets.iter().filter(|t| candidate(t)) {
             let loads: Vec<&(f64, f64)> = t.workers.iter().filter_map(|w| live.get(w)).collect();
             if loads.is_empty() {
                 continue;
@@ -132,7 +146,7 @@ impl Router {
         }
         match best {
             Some((_, t)) => Some(t),
-            None => self.least_connections(targets),
+            None => self.least_connections(targets, candidate),
         }
     }
 }
@@ -176,17 +190,14 @@ impl Plugin for Router {
         if all.len() < 2 {
             return Action::Continue;
         }
-        let healthy: Vec<&Target> = all.iter().filter(|t| t.healthy).collect();
-        let candidates: Vec<&Target> = if healthy.is_empty() {
-            all.iter().collect()
-        } else {
-            healthy
-        };
+        // The healthy targets; all of them when none is (the host then picks anyway).
+        let any_healthy = all.iter().any(|t| t.healthy);
+        let candidate = move |t: &Target| t.healthy || !any_healthy;
         let pick = match self.strategy {
             Strategy::RoundRobin => None,
-            Strategy::LeastConnections => self.least_connections(&candidates),
-            Strategy::RegionAffinity => self.region_affinity(&candidates),
-            Strategy::LeastLoaded => self.least_loaded(&candidates),
+            Strategy::LeastConnections => self.least_connections(&all, candidate),
+            Strategy::RegionAffinity => self.region_affinity(&all, candidate),
+            Strategy::LeastLoaded => self.least_loaded(&all, candidate),
         };
         match pick {
             Some(t) => Action::ContinueTo(t.address.clone()),
@@ -194,5 +205,3 @@ impl Plugin for Router {
         }
     }
 }
-
-export_plugin!(Router);

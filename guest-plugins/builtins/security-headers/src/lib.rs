@@ -14,7 +14,8 @@ struct Settings {
     headers: Vec<(String, String)>,
 }
 
-struct SecurityHeaders {
+/// The plugin (a member of the built-in bundle, `guest-plugins/builtins/bundle`).
+pub struct SecurityHeaders {
     headers: Vec<Header>,
 }
 
@@ -38,5 +39,3 @@ impl Plugin for SecurityHeaders {
         Action::Continue
     }
 }
-
-export_plugin!(SecurityHeaders);

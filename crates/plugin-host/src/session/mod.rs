@@ -2,6 +2,10 @@
 //! routing, runs the request phases, moves headers in and out, runs the response phases, and
 //! drops the session when the response body is done: `on-log` then runs off the request path
 //! and the instances go back to their pools.
+mod bundle;
+
+use std::sync::Arc;
+
 use http::HeaderMap;
 use wasmtime::Store;
 
@@ -22,6 +26,16 @@ pub enum Decision {
     },
     /// Answer locally.
     Respond(LocalResponse),
+}
+
+/// Where the request phase goes after a plugin (or a bundle run).
+struct Step {
+    /// The next plugin of the chain to run.
+    next: usize,
+    /// A target a plugin named (`continue-to`).
+    hint: Option<String>,
+    /// A plugin's answer: the chain stops.
+    answer: Option<LocalResponse>,
 }
 
 /// A fail-closed plugin failed: the request gets `500 plugin_error`.
@@ -134,7 +148,7 @@ impl Slot {
 
 /// What a request holds for one plugin of its chain.
 #[derive(Default)]
-struct Slot {
+pub(crate) struct Slot {
     checkout: Option<Checkout>,
     /// What the plugin did; [`Slot::skipped`] follows from it.
     outcome: Outcome,
@@ -153,6 +167,8 @@ pub struct RequestSession {
     pub state: Box<RequestState>,
     /// Every call's timing, kept while tracing samples the request.
     calls: Option<Vec<CallTiming>>,
+    /// The packed request head of a bundle run (reused by the next run of the request).
+    head: Vec<u8>,
 }
 
 impl std::fmt::Debug for RequestSession {
@@ -173,6 +189,7 @@ impl RequestSession {
             logging: false,
             state,
             calls: None,
+            head: Vec::new(),
         }
     }
 
@@ -220,34 +237,66 @@ impl RequestSession {
             .extend_from_slice(self.calls.as_deref().unwrap_or_default());
     }
 
-    /// Runs `on-request-headers` through the chain, in order.
+    /// Runs `on-request-headers` through the chain, in order. Consecutive members of a
+    /// built-in bundle run together, in one call ([`crate::bundle`]).
     pub async fn request_headers(&mut self) -> Result<Decision, PluginFailure> {
         let mut hint = None;
-        for i in 0..self.plugins.len() {
-            if !self.plugins[i].phases.request_headers {
-                continue;
+        let mut i = 0;
+        while i < self.plugins.len() {
+            let step = if let Some((bundle, _)) = self.plugins[i].bundle_member() {
+                let bundle = bundle.clone();
+                let end = (i..self.plugins.len())
+                    .find(|&k| {
+                        !self.plugins[k]
+                            .bundle_member()
+                            .is_some_and(|(b, _)| Arc::ptr_eq(b, &bundle))
+                    })
+                    .unwrap_or(self.plugins.len());
+                self.run_bundle(&bundle, i, end).await?
+            } else {
+                self.run_request_headers(i).await?
+            };
+            if let Some(target) = step.hint {
+                hint = Some(target);
             }
-            let action = self
-                .run(i, "on-request-headers", async |b, s| {
-                    b.call_on_request_headers(s).await
-                })
-                .await?;
-            self.release_if_done(i);
-            match action {
-                Some(Action::Continue) | None => {}
-                Some(Action::ContinueTo(target)) => {
-                    self.slots[i].outcome = Outcome::Routed;
-                    hint = Some(target);
-                }
-                Some(Action::Respond(resp)) => {
-                    self.slots[i].outcome = Outcome::Answered;
-                    return Ok(Decision::Respond(resp));
-                }
+            if let Some(resp) = step.answer {
+                return Ok(Decision::Respond(resp));
             }
+            i = step.next;
         }
         Ok(Decision::Continue {
             upstream_hint: hint,
         })
+    }
+
+    /// Runs `on-request-headers` of plugin `i` (not a bundle member).
+    async fn run_request_headers(&mut self, i: usize) -> Result<Step, PluginFailure> {
+        let mut step = Step {
+            next: i + 1,
+            hint: None,
+            answer: None,
+        };
+        if !self.plugins[i].phases.request_headers {
+            return Ok(step);
+        }
+        let action = self
+            .run(i, "on-request-headers", async |b, s| {
+                b.call_on_request_headers(s).await
+            })
+            .await?;
+        self.release_if_done(i);
+        match action {
+            Some(Action::Continue) | None => {}
+            Some(Action::ContinueTo(target)) => {
+                self.slots[i].outcome = Outcome::Routed;
+                step.hint = Some(target);
+            }
+            Some(Action::Respond(resp)) => {
+                self.slots[i].outcome = Outcome::Answered;
+                step.answer = Some(resp);
+            }
+        }
+        Ok(step)
     }
 
     /// Runs `on-request-body` for one chunk through the chain, in order. `Some` is a local
@@ -442,7 +491,11 @@ impl RequestSession {
 
 /// Applies the plugin's fail policy to a failed call: fail-open skips the plugin for the rest
 /// of the request, fail-closed fails the request.
-fn fail(plugin: &LoadedPlugin, slot: &mut Slot, failure: CallFailure) -> Result<(), PluginFailure> {
+pub(crate) fn fail(
+    plugin: &LoadedPlugin,
+    slot: &mut Slot,
+    failure: CallFailure,
+) -> Result<(), PluginFailure> {
     match plugin.fail_policy() {
         FailPolicy::FailOpen => {
             slot.outcome = Outcome::FailedOpen;
@@ -474,6 +527,7 @@ impl Drop for RequestSession {
                     logging: true,
                     state: std::mem::take(&mut self.state),
                     calls: None,
+                    head: Vec::new(),
                 };
                 handle.spawn(session.finish());
                 return;
