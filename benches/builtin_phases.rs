@@ -4,12 +4,14 @@
 //! auth → rate-limit → router, fused into one call (the default) and each on its own.
 //! `cargo bench --bench builtin_phases` (docs/performance.md). The request carries 8 ordinary
 //! headers and an API key; "the request alone" is what building it costs, to subtract.
+//! `BENCH_PROFILE=<case label> BENCH_ITERS=<n>` runs one case without criterion, under a
+//! profiler (`BENCH_PERF_MAP=1` names the plugins' functions in `/tmp/perf-<pid>.map`).
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use wasmgate_config::{Config, RouterStrategy, Secret};
 use wasmgate_plugin_host::{
-    builtins, HostServices, PluginRuntime, RequestState, TargetView, UpstreamView,
+    builtins, EngineOptions, HostServices, PluginRuntime, RequestState, TargetView, UpstreamView,
 };
 
 /// Two targets, one busier: what the proxy's upstream reports to a router.
@@ -95,10 +97,22 @@ fn request(upstream: &Arc<dyn UpstreamView>) -> RequestState {
     s
 }
 
-/// A runtime with the built-ins `names` installed (fused when `fuse`).
-fn runtime(rt: &tokio::runtime::Runtime, names: &[&str], keys: usize, fuse: bool) -> PluginRuntime {
+/// A runtime with the built-ins `names` installed (fused when `fuse`), with room for
+/// `instances` instances.
+fn runtime(
+    rt: &tokio::runtime::Runtime,
+    names: &[&str],
+    keys: usize,
+    fuse: bool,
+    instances: u32,
+) -> PluginRuntime {
     let (services, _) = HostServices::in_memory("gateway:");
-    let runtime = PluginRuntime::new(Default::default(), services).unwrap();
+    let opts = EngineOptions {
+        total_instances: instances,
+        perf_map: std::env::var_os("BENCH_PERF_MAP").is_some(),
+        ..Default::default()
+    };
+    let runtime = PluginRuntime::new(opts, services).unwrap();
     let chosen = builtins::enabled(&config(keys))
         .unwrap()
         .into_iter()
@@ -109,73 +123,123 @@ fn runtime(rt: &tokio::runtime::Runtime, names: &[&str], keys: usize, fuse: bool
     runtime
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A case: its label, the built-ins in the chain, how many API keys auth has, fused or not.
+type Case = (&'static str, &'static [&'static str], usize, bool);
+
+const CASES: [Case; 11] = [
+    ("auth: API key", &["auth"], 1, true),
+    ("auth: API key among 100", &["auth"], 100, true),
+    ("rate-limit: sliding-window hit", &["rate-limit"], 1, true),
+    ("cache: lookup (miss)", &["cache"], 1, true),
+    ("router: least-connections of 2", &["router"], 1, true),
+    ("cors: simple request", &["cors"], 1, true),
+    (
+        "security-headers: 9 headers queued",
+        &["security-headers"],
+        1,
+        true,
+    ),
+    ("request-signing: 1 KiB body", &["request-signing"], 1, true),
+    (
+        "chain auth -> rate-limit -> router, fused",
+        &["auth", "rate-limit", "router"],
+        1,
+        true,
+    ),
+    (
+        "chain auth -> rate-limit -> router, each alone",
+        &["auth", "rate-limit", "router"],
+        1,
+        false,
+    ),
+    (
+        "chain security-headers -> cors -> auth -> rate-limit, fused",
+        &["security-headers", "cors", "auth", "rate-limit"],
+        1,
+        true,
+    ),
+];
+
+/// What one request of a case does: the session, its request phase (and body, when the chain
+/// signs), the response head.
+fn one_request(
+    rt: &tokio::runtime::Runtime,
+    runtime: &PluginRuntime,
+    upstream: &Arc<dyn UpstreamView>,
+    body: Option<&[u8]>,
+) {
+    let mut s = runtime
+        .session("llm", || request(upstream))
+        .expect("the built-ins apply");
+    rt.block_on(async {
+        let d = s.request_headers().await.unwrap();
+        std::hint::black_box(d);
+        if let Some(body) = body {
+            s.request_body(body, true).await.unwrap();
+        }
+        let mut head = http::HeaderMap::new();
+        s.response_headers(200, &mut head).await.unwrap();
+        std::hint::black_box(head);
+    });
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = current_thread();
     let upstream: Arc<dyn UpstreamView> = Arc::new(TwoTargets::new());
     let mut g = c.benchmark_group("builtin");
     g.bench_function("the request alone (no plugin)", |b| {
         b.iter(|| std::hint::black_box(request(&upstream)));
     });
     let body = vec![b'x'; 1024];
-    let cases: [(&str, &[&str], usize, bool); 11] = [
-        ("auth: API key", &["auth"], 1, true),
-        ("auth: API key among 100", &["auth"], 100, true),
-        ("rate-limit: sliding-window hit", &["rate-limit"], 1, true),
-        ("cache: lookup (miss)", &["cache"], 1, true),
-        ("router: least-connections of 2", &["router"], 1, true),
-        ("cors: simple request", &["cors"], 1, true),
-        (
-            "security-headers: 9 headers queued",
-            &["security-headers"],
-            1,
-            true,
-        ),
-        ("request-signing: 1 KiB body", &["request-signing"], 1, true),
-        (
-            "chain auth -> rate-limit -> router, fused",
-            &["auth", "rate-limit", "router"],
-            1,
-            true,
-        ),
-        (
-            "chain auth -> rate-limit -> router, each alone",
-            &["auth", "rate-limit", "router"],
-            1,
-            false,
-        ),
-        (
-            "chain security-headers -> cors -> auth -> rate-limit, fused",
-            &["security-headers", "cors", "auth", "rate-limit"],
-            1,
-            true,
-        ),
-    ];
-    for (label, names, keys, fuse) in cases {
-        let runtime = runtime(&rt, names, keys, fuse);
-        let signs = names.contains(&"request-signing");
+    for (label, names, keys, fuse) in CASES {
+        let runtime = runtime(&rt, names, keys, fuse, 1000);
+        let body = names.contains(&"request-signing").then_some(&body[..]);
         g.bench_function(label, |b| {
-            b.iter(|| {
-                let mut s = runtime
-                    .session("llm", || request(&upstream))
-                    .expect("the built-ins apply");
-                rt.block_on(async {
-                    let d = s.request_headers().await.unwrap();
-                    std::hint::black_box(d);
-                    if signs {
-                        s.request_body(&body, true).await.unwrap();
-                    }
-                    let mut head = http::HeaderMap::new();
-                    s.response_headers(200, &mut head).await.unwrap();
-                    std::hint::black_box(head);
-                });
-            });
+            b.iter(|| one_request(&rt, &runtime, &upstream, body));
         });
     }
     g.finish();
 }
 
+/// `BENCH_PROFILE=<label> BENCH_ITERS=<n>`: runs one case's request `n` times without
+/// criterion, for a profiler (docs/performance.md: callgrind). The engine has room for the
+/// chain's instances and no more: valgrind cannot reserve the address space of the default
+/// pool.
+fn profile(label: &str) {
+    let (_, names, keys, fuse) = CASES
+        .into_iter()
+        .find(|c| c.0 == label)
+        .unwrap_or_else(|| panic!("BENCH_PROFILE: no case {label:?}"));
+    let iters: u64 = std::env::var("BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rt = current_thread();
+    let upstream: Arc<dyn UpstreamView> = Arc::new(TwoTargets::new());
+    let instances = if fuse { 1 } else { names.len() as u32 };
+    let runtime = runtime(&rt, names, keys, fuse, instances);
+    let body = vec![b'x'; 1024];
+    let body = names.contains(&"request-signing").then_some(&body[..]);
+    for _ in 0..iters {
+        one_request(&rt, &runtime, &upstream, body);
+    }
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    match std::env::var("BENCH_PROFILE") {
+        Ok(label) => profile(&label),
+        Err(_) => {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        }
+    }
+}

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use wasmgate_plugin_host::guests;
 use wasmgate_plugin_host::{
     Decision, EngineOptions, FailPolicy, HostServices, LoadedPlugin, MemoryStore, Outcome,
-    PluginOutcomes, PluginRuntime, PluginSettings, PluginSource, RequestState,
+    PluginOutcomes, PluginRuntime, PluginSettings, PluginSource, RequestState, TargetView,
+    UpstreamView,
 };
 
 fn runtime() -> (PluginRuntime, Arc<MemoryStore>) {
@@ -42,8 +43,34 @@ async fn bundle(
     plugins
 }
 
+/// The route's targets: one tagged with a region and two workers, one bare and ejected.
+#[derive(Debug)]
+struct Targets;
+
+impl UpstreamView for Targets {
+    fn targets(&self) -> Vec<TargetView> {
+        vec![
+            TargetView {
+                address: "10.0.0.1:8000".into(),
+                healthy: true,
+                in_flight: 3,
+                region: Some("eu-west".into()),
+                workers: vec!["gpu-a".into(), "gpu-b".into()],
+            },
+            TargetView {
+                address: "10.0.0.2:8000".into(),
+                healthy: false,
+                in_flight: 0,
+                region: None,
+                workers: vec![],
+            },
+        ]
+    }
+}
+
 fn request(headers: &[(&str, &[u8])]) -> RequestState {
     let mut s = RequestState {
+        upstream: Some(Arc::new(Targets)),
         method: http::Method::POST,
         uri: "/v1/chat/completions?stream=true".parse().unwrap(),
         route: "llm".into(),
@@ -227,6 +254,8 @@ async fn a_member_sees_and_changes_a_request_exactly_as_the_same_plugin_alone() 
         "status=-",
         "client=10.1.2.3",
         "query=stream=true",
+        "targets=10.0.0.1:8000 up 3 eu-west gpu-a+gpu-b,10.0.0.2:8000 down 0 - ",
+        "targets-owned=10.0.0.1:8000 up 3 eu-west gpu-a+gpu-b,10.0.0.2:8000 down 0 - ",
     ] {
         assert!(
             alone.trace.split('|').any(|p| p == expected),

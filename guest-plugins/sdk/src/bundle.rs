@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 
 use crate::bindings::wasmgate::plugin::types::PluginInfo;
-use crate::bindings::wasmgate::plugin::upstream::Target;
+use crate::upstream::{TargetRef, Workers};
 use crate::{Action, Config, Header, Info, LocalResponse, Plugin, QueueMode};
 
 /// The op codes of the effects a member commits.
@@ -132,6 +132,66 @@ pub(crate) fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> Option<R> {
         let mut l = l.borrow_mut();
         l.active.then(|| f(&mut l))
     })
+}
+
+thread_local! {
+    /// The buffer [`with_targets`] copies the head's targets into, reused from call to call.
+    static TARGETS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on the route's targets read from the head, borrowed, when a bundle member is
+/// running; gives `f` back otherwise. The targets are copied out of the request state first,
+/// so that `f` may call the other SDK functions.
+pub(crate) fn with_targets<R, F: FnOnce(&[TargetRef<'_>]) -> R>(f: F) -> Result<R, F> {
+    let mut buf = TARGETS.take();
+    buf.clear();
+    if with_local(|l| l.copy_targets(&mut buf)).is_none() {
+        TARGETS.set(buf);
+        return Err(f);
+    }
+    let r = f(&decode_targets(&buf).unwrap_or_default());
+    TARGETS.set(buf);
+    Ok(r)
+}
+
+/// `u32 n {str address, u8 healthy, u32 in_flight, u8 has_region [str region], u32 n {str
+/// worker}}`, borrowed; empty input is no targets.
+fn decode_targets(buf: &[u8]) -> Option<Vec<TargetRef<'_>>> {
+    if buf.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut r = Reader { buf, at: 0 };
+    let text = |s: Span| std::str::from_utf8(slice(buf, s)).ok();
+    let n = r.u32()?;
+    let mut out = Vec::with_capacity(n.min(256) as usize);
+    for _ in 0..n {
+        let address = text(r.span()?)?;
+        let healthy = r.u8()? != 0;
+        let in_flight = r.u32()?;
+        let region = match r.u8()? {
+            0 => None,
+            _ => Some(text(r.span()?)?),
+        };
+        let count = r.u32()?;
+        let start = r.at;
+        for _ in 0..count {
+            text(r.span()?)?;
+        }
+        out.push(TargetRef {
+            address,
+            healthy,
+            in_flight,
+            region,
+            workers: Workers::Packed(&buf[start..r.at], count),
+        });
+    }
+    Some(out)
+}
+
+/// The workers of a packed target: `count` strings in `buf`, checked by [`decode_targets`].
+pub(crate) fn packed_workers(buf: &[u8], count: u32) -> impl Iterator<Item = &str> + '_ {
+    let mut r = Reader { buf, at: 0 };
+    (0..count).map_while(move |_| std::str::from_utf8(slice(buf, r.span()?)).ok())
 }
 
 /// A byte range, of the head or of the edits.
@@ -295,44 +355,12 @@ impl Local {
         Some(())
     }
 
-    /// The route's targets (empty outside a routed request), from the head.
-    pub(crate) fn targets(&self) -> Vec<Target> {
-        let Some(at) = self.targets else {
-            return Vec::new();
-        };
-        let mut r = Reader {
-            buf: &self.head,
-            at,
-        };
-        let mut read = || -> Option<Vec<Target>> {
-            let n = r.u32()?;
-            let mut out = Vec::with_capacity(n.min(256) as usize);
-            for _ in 0..n {
-                let address = r.span()?;
-                let healthy = r.u8()? != 0;
-                let in_flight = r.u32()?;
-                let region = match r.u8()? {
-                    0 => None,
-                    _ => Some(r.span()?),
-                };
-                let mut workers = Vec::new();
-                for _ in 0..r.u32()? {
-                    workers.push(r.span()?);
-                }
-                out.push(Target {
-                    address: owned(slice(r.buf, address)),
-                    healthy,
-                    in_flight,
-                    region: region.map(|s| owned(slice(r.buf, s))),
-                    workers: workers
-                        .into_iter()
-                        .map(|w| owned(slice(r.buf, w)))
-                        .collect(),
-                });
-            }
-            Some(out)
-        };
-        read().unwrap_or_default()
+    /// The packed targets (`u32 n {...}`, the head's last part), copied into `out`; nothing
+    /// outside a routed request.
+    fn copy_targets(&self, out: &mut Vec<u8>) {
+        if let Some(at) = self.targets {
+            out.extend_from_slice(&self.head[at..]);
+        }
     }
 
     fn head(&self, s: Span) -> &[u8] {

@@ -165,12 +165,82 @@ pub mod request {
 /// chooses from with `continue-to`.
 pub mod upstream {
     use crate::bindings::wasmgate::plugin::upstream as host;
-    use crate::bundle::with_local;
     pub use host::Target;
 
     /// The route's targets, in configuration order (empty outside a routed request).
     pub fn targets() -> Vec<Target> {
-        with_local(|l| l.targets()).unwrap_or_else(host::targets)
+        crate::bundle::with_targets(|t| t.iter().map(TargetRef::to_target).collect())
+            .unwrap_or_else(|_| host::targets())
+    }
+
+    /// Runs `f` on the route's targets, in configuration order (empty outside a routed
+    /// request), borrowed: what [`targets`] gives, without a `String` per address, region and
+    /// worker when the plugin runs in wasmgate's built-in bundle. `f` may call the other SDK
+    /// functions.
+    pub fn with_targets<R>(f: impl FnOnce(&[TargetRef<'_>]) -> R) -> R {
+        crate::bundle::with_targets(f).unwrap_or_else(|f| {
+            let all = host::targets();
+            let refs: Vec<TargetRef<'_>> = all.iter().map(TargetRef::from).collect();
+            f(&refs)
+        })
+    }
+
+    /// A target as [`with_targets`] shows it.
+    #[derive(Clone, Copy, Debug)]
+    pub struct TargetRef<'a> {
+        /// `host:port`: what `continue-to` takes.
+        pub address: &'a str,
+        /// Not ejected by health checks.
+        pub healthy: bool,
+        /// Requests in flight to it from this gateway.
+        pub in_flight: u32,
+        /// Its region tag, if any.
+        pub region: Option<&'a str>,
+        pub(crate) workers: Workers<'a>,
+    }
+
+    /// A target's worker ids, as the host or the bundle's head holds them.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) enum Workers<'a> {
+        Owned(&'a [String]),
+        Packed(&'a [u8], u32),
+    }
+
+    impl<'a> TargetRef<'a> {
+        /// The GPU workers behind it (ids in the worker registry).
+        pub fn workers(&self) -> impl Iterator<Item = &'a str> + 'a {
+            let (owned, packed) = match self.workers {
+                Workers::Owned(w) => (Some(w.iter().map(String::as_str)), None),
+                Workers::Packed(buf, n) => (None, Some(crate::bundle::packed_workers(buf, n))),
+            };
+            owned
+                .into_iter()
+                .flatten()
+                .chain(packed.into_iter().flatten())
+        }
+
+        /// The target as [`targets`] gives it.
+        pub fn to_target(&self) -> Target {
+            Target {
+                address: self.address.to_owned(),
+                healthy: self.healthy,
+                in_flight: self.in_flight,
+                region: self.region.map(str::to_owned),
+                workers: self.workers().map(str::to_owned).collect(),
+            }
+        }
+    }
+
+    impl<'a> From<&'a Target> for TargetRef<'a> {
+        fn from(t: &'a Target) -> Self {
+            TargetRef {
+                address: &t.address,
+                healthy: t.healthy,
+                in_flight: t.in_flight,
+                region: t.region.as_deref(),
+                workers: Workers::Owned(&t.workers),
+            }
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use wasmgate_plugin_sdk::prelude::*;
-use wasmgate_plugin_sdk::upstream::Target;
+use wasmgate_plugin_sdk::upstream::TargetRef as Target;
 
 #[derive(serde::Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -73,11 +73,11 @@ impl Router {
 
     /// Among the targets `eligible` accepts, the one with the fewest requests in flight; ties
     /// rotate. No allocation: this runs on every request.
-    fn least_connections<'a>(
+    fn least_connections<'t>(
         &mut self,
-        targets: &'a [Target],
+        targets: &'t [Target<'_>],
         eligible: impl Fn(&Target) -> bool,
-    ) -> Option<&'a Target> {
+    ) -> Option<&'t Target<'t>> {
         let min = targets
             .iter()
             .filter(|t| eligible(t))
@@ -89,17 +89,14 @@ impl Router {
         targets.iter().filter(tie).nth(self.turn % n)
     }
 
-    fn region_affinity<'a>(
+    fn region_affinity<'t>(
         &mut self,
-        targets: &'a [Target],
+        targets: &'t [Target<'_>],
         candidate: impl Fn(&Target) -> bool + Copy,
-    ) -> Option<&'a Target> {
+    ) -> Option<&'t Target<'t>> {
         if let Some(region) = self.client_region() {
             let local = |t: &Target| {
-                candidate(t)
-                    && t.region
-                        .as_deref()
-                        .is_some_and(|r| r.eq_ignore_ascii_case(&region))
+                candidate(t) && t.region.is_some_and(|r| r.eq_ignore_ascii_case(&region))
             };
             if let Some(t) = self.least_connections(targets, local) {
                 return Some(t);
@@ -108,15 +105,15 @@ impl Router {
         self.least_connections(targets, candidate)
     }
 
-    fn least_loaded<'a>(
+    fn least_loaded<'t>(
         &mut self,
-        targets: &'a [Target],
+        targets: &'t [Target<'_>],
         candidate: impl Fn(&Target) -> bool + Copy,
-    ) -> Option<&'a Target> {
+    ) -> Option<&'t Target<'t>> {
         if targets
             .iter()
             .filter(|t| candidate(t))
-            .all(|t| t.workers.is_empty())
+            .all(|t| t.workers().next().is_none())
         {
             return self.least_connections(targets, candidate);
         }
@@ -130,7 +127,7 @@ impl Router {
         // (mean queue depth, mean utilization, in flight) of each target with a live worker.
         let mut best: Option<((f64, f64, u32), &Target)> = None;
         for t in targets.iter().filter(|t| candidate(t)) {
-            let loads: Vec<&(f64, f64)> = t.workers.iter().filter_map(|w| live.get(w)).collect();
+            let loads: Vec<&(f64, f64)> = t.workers().filter_map(|w| live.get(w)).collect();
             if loads.is_empty() {
                 continue;
             }
@@ -186,21 +183,24 @@ impl Plugin for Router {
         if self.strategy == Strategy::RoundRobin {
             return Action::Continue;
         }
-        let all = upstream::targets();
-        if all.len() < 2 {
-            return Action::Continue;
-        }
-        // The healthy targets; all of them when none is (the host then picks anyway).
-        let any_healthy = all.iter().any(|t| t.healthy);
-        let candidate = move |t: &Target| t.healthy || !any_healthy;
-        let pick = match self.strategy {
-            Strategy::RoundRobin => None,
-            Strategy::LeastConnections => self.least_connections(&all, candidate),
-            Strategy::RegionAffinity => self.region_affinity(&all, candidate),
-            Strategy::LeastLoaded => self.least_loaded(&all, candidate),
-        };
+        // Borrowed: no allocation per target (docs/plugins/router.md).
+        let pick = upstream::with_targets(|all| {
+            if all.len() < 2 {
+                return None;
+            }
+            // The healthy targets; all of them when none is (the host then picks anyway).
+            let any_healthy = all.iter().any(|t| t.healthy);
+            let candidate = move |t: &Target| t.healthy || !any_healthy;
+            let pick = match self.strategy {
+                Strategy::RoundRobin => None,
+                Strategy::LeastConnections => self.least_connections(all, candidate),
+                Strategy::RegionAffinity => self.region_affinity(all, candidate),
+                Strategy::LeastLoaded => self.least_loaded(all, candidate),
+            };
+            pick.map(|t| t.address.to_owned())
+        });
         match pick {
-            Some(t) => Action::ContinueTo(t.address.clone()),
+            Some(address) => Action::ContinueTo(address),
             None => Action::Continue,
         }
     }

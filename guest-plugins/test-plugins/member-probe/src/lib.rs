@@ -11,8 +11,8 @@
 //! - with `kv`, increments the kv counter `hits` (`x-member-<tag>-kv`: the value, or the error);
 //! - adds 1 to its counter `runs`;
 //! - with `view`, runs a fixed script of `request` calls (edge cases of header names and values,
-//!   repeated headers, properties, queued response headers) and writes what each returned to the
-//!   `view-trace` property;
+//!   repeated headers, properties, queued response headers, the route's targets borrowed and
+//!   owned) and writes what each returned to the `view-trace` property;
 //! - answers `418` when `x-answer` is its tag, and names `x-route-to` as the target when
 //!   `x-route` is its tag.
 use wasmgate_plugin_sdk::prelude::*;
@@ -99,6 +99,28 @@ fn view_script() -> String {
         request::response_status().map_or("-".into(), |s| s.to_string()),
     );
     note("response", show(request::get_response_header("x-q1")));
+    let show_target = |t: upstream::TargetRef<'_>| {
+        let workers: Vec<&str> = t.workers().collect();
+        format!(
+            "{} {} {} {} {}",
+            t.address,
+            if t.healthy { "up" } else { "down" },
+            t.in_flight,
+            t.region.unwrap_or("-"),
+            workers.join("+")
+        )
+    };
+    let borrowed = upstream::with_targets(|all| {
+        // Another SDK call from inside: the targets are not the request state's borrow.
+        let _ = request::method();
+        all.iter().map(|t| show_target(*t)).collect::<Vec<_>>()
+    });
+    note("targets", borrowed.join(","));
+    let owned: Vec<String> = upstream::targets()
+        .iter()
+        .map(|t| show_target(t.into()))
+        .collect();
+    note("targets-owned", owned.join(","));
     out.join("|")
 }
 
