@@ -309,6 +309,9 @@ pub struct HostState {
     pub(crate) member_grants: Vec<Arc<Grants>>,
     /// The bundle run in progress.
     pub(crate) bundle: Option<crate::bundle::BundleRun>,
+    /// In a built-in bundle's instance: the packed request head of its last run, the buffer
+    /// reused by the next (an instance serves one request at a time).
+    pub(crate) head: Vec<u8>,
 }
 
 impl HostState {
@@ -339,6 +342,7 @@ impl HostState {
             io_wait: std::time::Duration::ZERO,
             member_grants: Vec::new(),
             bundle: None,
+            head: Vec::new(),
         }
     }
 }
@@ -475,11 +479,19 @@ impl crate::bindings::bundle::wasmgate::plugin::bundle::Host for HostState {
         run.current = crate::bundle::next_member(run.run, Some(member));
         let next = run.current;
         if let Some(n) = next {
-            if let Some(g) = self.member_grants.get(n as usize) {
-                self.grants = g.clone();
-            }
+            self.enter_member(n);
         }
         Ok(next.is_some() && !answered && !tenant_changed)
+    }
+}
+
+impl HostState {
+    /// Scopes the store's grants (kv namespace, reads, log name, metrics) to bundle member
+    /// `member`, which runs next.
+    pub(crate) fn enter_member(&mut self, member: u32) {
+        if let Some(g) = self.member_grants.get(member as usize) {
+            self.grants = g.clone();
+        }
     }
 }
 

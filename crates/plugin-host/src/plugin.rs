@@ -1,6 +1,6 @@
 //! A loaded plugin: its compiled component, settings, per-tenant instance pools, statistics
 //! and state (active, disabled by an operator, or failed: disabled after repeated traps).
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use crate::bindings::{GatewayPlugin, GatewayPluginPre, Phase, PluginInfo};
 use crate::bundle::Bundle;
 use crate::engine::{PluginEngine, EPOCH_TICK};
 use crate::host::{Grants, HostState};
-use crate::pool::{Checkout, InstancePool, Pooled};
+use crate::pool::{Checkout, Pooled, Pools};
 use crate::services::HostServices;
 use crate::settings::{FailPolicy, PluginSettings};
 use crate::{PluginError, Result};
@@ -230,43 +230,7 @@ struct ComponentRunner {
     pre: GatewayPluginPre<HostState>,
     engine: wasmtime::Engine,
     services: Arc<HostServices>,
-    /// The pool of requests without a tenant: reached without a lock or a hash (every request
-    /// checks an instance out of it when tenants are not used).
-    shared_pool: Arc<InstancePool>,
-    /// The pools of tenants, each its own (no two tenants share an instance).
-    tenant_pools: TenantPools<GatewayPlugin>,
-}
-
-/// The instance pools of one component, per tenant.
-pub(crate) struct TenantPools<B> {
-    pools: Mutex<HashMap<String, Arc<InstancePool<B>>>>,
-}
-
-impl<B> Default for TenantPools<B> {
-    fn default() -> Self {
-        TenantPools {
-            pools: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl<B> TenantPools<B> {
-    /// The pool of `tenant`, made on first use.
-    pub(crate) fn get(&self, tenant: &str) -> Arc<InstancePool<B>> {
-        let mut pools = self.pools.lock().unwrap();
-        match pools.get(tenant) {
-            Some(p) => p.clone(),
-            None => pools.entry(tenant.to_string()).or_default().clone(),
-        }
-    }
-
-    /// `shared`, then every tenant's pool.
-    pub(crate) fn all(&self, shared: &Arc<InstancePool<B>>) -> Vec<Arc<InstancePool<B>>> {
-        let tenants = self.pools.lock().unwrap();
-        std::iter::once(shared.clone())
-            .chain(tenants.values().cloned())
-            .collect()
-    }
+    pools: Pools<GatewayPlugin>,
 }
 
 /// A new store for an instance: the memory cap, and a CPU deadline of `ticks` epochs at
@@ -394,8 +358,7 @@ impl LoadedPlugin {
                 pre,
                 engine: engine.engine.clone(),
                 services,
-                shared_pool: Arc::default(),
-                tenant_pools: TenantPools::default(),
+                pools: Pools::default(),
             }),
             state: AtomicU8::new(0),
             failure: Mutex::new(None),
@@ -420,8 +383,7 @@ impl LoadedPlugin {
             &plugin.granted,
             &plugin.settings,
         ));
-        assert!(c.shared_pool.reserve(usize::MAX));
-        c.shared_pool.put_back(probe);
+        c.pools.keep_probe(probe);
         Ok(plugin)
     }
 
@@ -469,12 +431,8 @@ impl LoadedPlugin {
     /// member's are its bundle's, shared with the other members).
     fn clear_pools(&self) {
         match &self.runner {
-            Runner::Component(c) => {
-                for pool in c.tenant_pools.all(&c.shared_pool) {
-                    pool.clear();
-                }
-            }
-            Runner::Member { bundle, .. } => bundle.clear_pools(),
+            Runner::Component(c) => c.pools.clear(),
+            Runner::Member { bundle, .. } => bundle.pools.clear(),
         }
     }
 
@@ -544,33 +502,19 @@ impl LoadedPlugin {
                 "a bundle member runs in its bundle's instances".into(),
             ));
         };
-        let pool = match tenant {
-            None => c.shared_pool.clone(),
-            Some(t) => c.tenant_pools.get(t),
+        let make = async || match self.instantiate(tenant).await {
+            Ok((inst, info)) if info.name == self.name => Ok(inst),
+            Ok((_, info)) => Err(self.record_failure(CallFailure::Trap(format!(
+                "init now says name `{}`",
+                info.name
+            )))),
+            Err(InstantiateError::Init(m) | InstantiateError::Wasm(m)) => {
+                Err(self.record_failure(CallFailure::Trap(m)))
+            }
         };
-        if let Some(inst) = pool.take_idle() {
-            return Ok(Checkout::new(pool, inst));
-        }
-        if !pool.reserve(self.settings.max_instances) {
-            return Err(CallFailure::NoInstance);
-        }
-        match self.instantiate(tenant).await {
-            Ok((inst, info)) if info.name == self.name => Ok(Checkout::new(pool, inst)),
-            Ok((_, info)) => {
-                pool.release();
-                Err(self.record_failure(CallFailure::Trap(format!(
-                    "init now says name `{}`",
-                    info.name
-                ))))
-            }
-            Err(e) => {
-                pool.release();
-                let msg = match e {
-                    InstantiateError::Init(m) | InstantiateError::Wasm(m) => m,
-                };
-                Err(self.record_failure(CallFailure::Trap(msg)))
-            }
-        }
+        c.pools
+            .checkout(tenant, self.settings.max_instances, make)
+            .await
     }
 
     /// Runs one export on a checked-out instance: the request state is moved into the store
@@ -659,13 +603,6 @@ impl LoadedPlugin {
         f
     }
 
-    /// Whether an instance should be retired instead of reused.
-    pub(crate) fn should_retire(&self, inst: &Pooled) -> bool {
-        inst.in_call
-            || inst.uses >= self.settings.max_uses
-            || inst.store.data().limiter.peak_bytes > self.settings.memory_high_water()
-    }
-
     /// The state.
     pub fn state(&self) -> PluginState {
         match self.state.load(Ordering::Acquire) {
@@ -700,26 +637,16 @@ impl LoadedPlugin {
     /// Idle instances across tenants (a bundle member's: its bundle's).
     pub fn idle_instances(&self) -> usize {
         match &self.runner {
-            Runner::Component(c) => c
-                .tenant_pools
-                .all(&c.shared_pool)
-                .iter()
-                .map(|p| p.idle())
-                .sum(),
-            Runner::Member { bundle, .. } => bundle.idle_instances(),
+            Runner::Component(c) => c.pools.idle(),
+            Runner::Member { bundle, .. } => bundle.pools.idle(),
         }
     }
 
     /// Live instances across tenants (a bundle member's: its bundle's).
     pub fn live_instances(&self) -> usize {
         match &self.runner {
-            Runner::Component(c) => c
-                .tenant_pools
-                .all(&c.shared_pool)
-                .iter()
-                .map(|p| p.live())
-                .sum(),
-            Runner::Member { bundle, .. } => bundle.live_instances(),
+            Runner::Component(c) => c.pools.live(),
+            Runner::Member { bundle, .. } => bundle.pools.live(),
         }
     }
 

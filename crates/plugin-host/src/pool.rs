@@ -1,6 +1,7 @@
 //! Pools of live (Store, instance) pairs, one per (plugin, tenant). A request checks an
 //! instance out for its whole phase sequence and returns it after `on-log`; an instance that
 //! trapped is dropped instead, and one past its use count or memory high-water mark retired.
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -8,6 +9,7 @@ use wasmtime::Store;
 
 use crate::bindings::GatewayPlugin;
 use crate::host::HostState;
+use crate::plugin::CallFailure;
 
 /// A live instance and its store; `B` is its typed exports (a plugin's, or the built-in
 /// bundle's).
@@ -83,6 +85,93 @@ impl<B> InstancePool<B> {
     }
 }
 
+/// The instance pools of one component (a plugin's, or the built-in bundle's): the shared
+/// pool of requests without a tenant, reached without a lock or a hash (every request checks
+/// an instance out of it when tenants are not used), and one pool per tenant (no two tenants
+/// share an instance).
+pub(crate) struct Pools<B> {
+    shared: Arc<InstancePool<B>>,
+    tenants: Mutex<HashMap<String, Arc<InstancePool<B>>>>,
+}
+
+impl<B> Default for Pools<B> {
+    fn default() -> Self {
+        Pools {
+            shared: Arc::default(),
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<B> Pools<B> {
+    /// The pool of `tenant` (made on first use), or the shared one.
+    fn get(&self, tenant: Option<&str>) -> Arc<InstancePool<B>> {
+        let Some(tenant) = tenant else {
+            return self.shared.clone();
+        };
+        let mut pools = self.tenants.lock().unwrap();
+        match pools.get(tenant) {
+            Some(p) => p.clone(),
+            None => pools.entry(tenant.to_string()).or_default().clone(),
+        }
+    }
+
+    /// The shared pool, then every tenant's.
+    fn all(&self) -> Vec<Arc<InstancePool<B>>> {
+        let tenants = self.tenants.lock().unwrap();
+        std::iter::once(self.shared.clone())
+            .chain(tenants.values().cloned())
+            .collect()
+    }
+
+    /// An idle instance of `tenant`'s pool, else a new one from `make` while fewer than `max`
+    /// are live in that pool.
+    pub(crate) async fn checkout(
+        &self,
+        tenant: Option<&str>,
+        max: usize,
+        make: impl AsyncFnOnce() -> Result<Pooled<B>, CallFailure>,
+    ) -> Result<Checkout<B>, CallFailure> {
+        let pool = self.get(tenant);
+        if let Some(inst) = pool.take_idle() {
+            return Ok(Checkout::new(pool, inst));
+        }
+        if !pool.reserve(max) {
+            return Err(CallFailure::NoInstance);
+        }
+        match make().await {
+            Ok(inst) => Ok(Checkout::new(pool, inst)),
+            Err(f) => {
+                pool.release();
+                Err(f)
+            }
+        }
+    }
+
+    /// Keeps the probe instance made at load in the shared pool.
+    pub(crate) fn keep_probe(&self, probe: Pooled<B>) {
+        assert!(self.shared.reserve(usize::MAX));
+        self.shared.put_back(probe);
+    }
+
+    /// Drops every idle instance.
+    pub(crate) fn clear(&self) {
+        for pool in self.all() {
+            pool.clear();
+        }
+    }
+
+    /// Idle instances across tenants.
+    pub(crate) fn idle(&self) -> usize {
+        self.all().iter().map(|p| p.idle()).sum()
+    }
+
+    /// Live instances across tenants.
+    pub(crate) fn live(&self) -> usize {
+        self.all().iter().map(|p| p.live()).sum()
+    }
+}
+
 /// An instance checked out by one request. Dropping it without [`Checkout::give_back`]
 /// discards the instance (the right thing after a trap).
 pub struct Checkout<B = GatewayPlugin> {
@@ -109,6 +198,24 @@ impl<B> Checkout<B> {
                 self.pool.put_back(inst);
             }
         }
+    }
+}
+
+impl<B> Checkout<B> {
+    /// Returns the instance after a request it served: counted, and retired when its call was
+    /// cut off (`in_call`), it served `max_uses` requests, or its memory grew past
+    /// `high_water` bytes.
+    pub(crate) fn give_back_used(mut self, max_uses: u64, high_water: usize) {
+        let retire = match self.inst.as_mut() {
+            Some(inst) => {
+                inst.uses += 1;
+                inst.in_call
+                    || inst.uses >= max_uses
+                    || inst.store.data().limiter.peak_bytes > high_water
+            }
+            None => true,
+        };
+        self.give_back(retire);
     }
 }
 

@@ -78,10 +78,15 @@ impl Default for PluginSettings {
     }
 }
 
+/// The memory past which an instance under a `memory_bytes` cap is retired: three quarters.
+pub(crate) fn high_water(memory_bytes: usize) -> usize {
+    memory_bytes / 4 * 3
+}
+
 impl PluginSettings {
     /// Instances whose memory grew past this are retired after their request (75% of the cap).
     pub fn memory_high_water(&self) -> usize {
-        self.memory_bytes / 4 * 3
+        high_water(self.memory_bytes)
     }
 
     /// The settings of the variant that runs on `route` with its own config.

@@ -43,6 +43,19 @@ async fn bundle(
     plugins
 }
 
+/// The probe bundle with members a, b (with fail policy `b`) and c, fail-closed.
+async fn abc(rt: &PluginRuntime, b: FailPolicy) -> Vec<Arc<LoadedPlugin>> {
+    bundle(
+        rt,
+        vec![
+            member("a", "", FailPolicy::FailClosed),
+            member("b", "", b),
+            member("c", "", FailPolicy::FailClosed),
+        ],
+    )
+    .await
+}
+
 /// The route's targets: one tagged with a region and two workers, one bare and ejected.
 #[derive(Debug)]
 struct Targets;
@@ -121,15 +134,7 @@ fn calls(p: &LoadedPlugin) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_run_in_one_instance_each_with_its_own_outcome_and_statistics() {
     let (rt, _) = runtime();
-    let p = bundle(
-        &rt,
-        vec![
-            member("a", "", FailPolicy::FailClosed),
-            member("b", "", FailPolicy::FailClosed),
-            member("c", "", FailPolicy::FailClosed),
-        ],
-    )
-    .await;
+    let p = abc(&rt, FailPolicy::FailClosed).await;
     let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["tp-member-a", "tp-member-b", "tp-member-c"]);
     for _ in 0..3 {
@@ -268,15 +273,7 @@ async fn a_member_sees_and_changes_a_request_exactly_as_the_same_plugin_alone() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_traps_costs_only_its_own_fail_policy() {
     let (rt, _) = runtime();
-    let p = bundle(
-        &rt,
-        vec![
-            member("a", "", FailPolicy::FailClosed),
-            member("b", "", FailPolicy::FailOpen),
-            member("c", "", FailPolicy::FailClosed),
-        ],
-    )
-    .await;
+    let p = abc(&rt, FailPolicy::FailOpen).await;
     // b (fail-open) traps: a's changes stand, b is skipped, c runs in a fresh instance.
     let (d, state, outcomes) = run(&rt, &[("x-panic", b"b")]).await;
     assert!(matches!(d, Ok(Decision::Continue { .. })), "{d:?}");
@@ -311,15 +308,7 @@ async fn a_member_that_traps_costs_only_its_own_fail_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_stops_the_run_and_a_route_hint_is_the_hosts() {
     let (rt, _) = runtime();
-    bundle(
-        &rt,
-        vec![
-            member("a", "", FailPolicy::FailClosed),
-            member("b", "", FailPolicy::FailClosed),
-            member("c", "", FailPolicy::FailClosed),
-        ],
-    )
-    .await;
+    abc(&rt, FailPolicy::FailClosed).await;
     let (d, state, outcomes) = run(&rt, &[("x-answer", b"b")]).await;
     match d {
         Ok(Decision::Respond(r)) => {
@@ -394,15 +383,7 @@ async fn members_keep_their_own_namespaces_and_grants_and_a_new_tenant_gets_its_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_member_is_skipped_and_the_others_still_run() {
     let (rt, _) = runtime();
-    let p = bundle(
-        &rt,
-        vec![
-            member("a", "", FailPolicy::FailClosed),
-            member("b", "", FailPolicy::FailClosed),
-            member("c", "", FailPolicy::FailClosed),
-        ],
-    )
-    .await;
+    let p = abc(&rt, FailPolicy::FailClosed).await;
     p[1].set_enabled(false);
     let (d, state, outcomes) = run(&rt, &[]).await;
     assert!(d.is_ok());

@@ -421,6 +421,48 @@ pub mod __private {
     }
 }
 
+/// Exports a built-in bundle (`wit/builtin-bundle.wit`, internal to wasmgate): its WIT
+/// bindings, generated from the folder `wit` (relative to the bundle crate, as
+/// `wit_bindgen::generate!` reads it) over the SDK's own for the shared interfaces, and the
+/// world's two exports, over [`bundle::init_members`] with `make` and [`bundle::run`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! export_bundle {
+    (wit: $wit:literal, make: $make:path) => {
+        wit_bindgen::generate!({
+            path: $wit,
+            world: "builtin-bundle",
+            with: {
+                "wasmgate:plugin/types@0.1.0": wasmgate_plugin_sdk::bindings::wasmgate::plugin::types,
+                "wasmgate:plugin/request@0.1.0": wasmgate_plugin_sdk::bindings::wasmgate::plugin::request,
+                "wasmgate:plugin/kv@0.1.0": wasmgate_plugin_sdk::bindings::wasmgate::plugin::kv,
+                "wasmgate:plugin/crypto@0.1.0": wasmgate_plugin_sdk::bindings::wasmgate::plugin::crypto,
+                "wasmgate:plugin/workers@0.1.0": wasmgate_plugin_sdk::bindings::wasmgate::plugin::workers,
+                "wasmgate:plugin/upstream@0.1.0": wasmgate_plugin_sdk::bindings::wasmgate::plugin::upstream,
+                "wasmgate:plugin/log@0.1.0": wasmgate_plugin_sdk::bindings::wasmgate::plugin::log,
+                "wasmgate:plugin/metrics@0.1.0": wasmgate_plugin_sdk::bindings::wasmgate::plugin::metrics,
+                "wasmgate:plugin/clock@0.1.0": wasmgate_plugin_sdk::bindings::wasmgate::plugin::clock,
+            },
+        });
+
+        struct __WasmgateBundleExport;
+
+        impl Guest for __WasmgateBundleExport {
+            fn init_members(
+                members: Vec<MemberInit>,
+            ) -> Result<Vec<$crate::bindings::wasmgate::plugin::types::PluginInfo>, String> {
+                $crate::bundle::init_members(members.into_iter().map(|m| (m.plugin, m.config)), $make)
+            }
+
+            fn run_request_headers(run: u64, head: Vec<u8>) {
+                $crate::bundle::run(run, head, wasmgate::plugin::bundle::commit)
+            }
+        }
+
+        export!(__WasmgateBundleExport);
+    };
+}
+
 /// Exports a [`Plugin`] implementation as the component's `gateway-plugin` world.
 #[macro_export]
 macro_rules! export_plugin {

@@ -36,20 +36,10 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 /// `str method, str path, u8 has_query [str query], u8 ip (0, 4, 6) [octets], str route,
 /// str request_id, u32 n {str name, str value | u32::MAX}, u32 n {str key, str value}, u8
 /// has_upstream [u32 n {str address, u8 healthy, u32 in_flight, u8 has_region [str region],
-/// u32 n {str worker}}]`.
+/// u32 n {str worker}}]`. `out` is cleared first; its capacity, kept from run to run in the
+/// instance, is reused.
 pub fn encode_head(state: &RequestState, out: &mut Vec<u8>) {
     out.clear();
-    // One allocation: the fixed fields and every header and property, measured.
-    let strings: usize = state
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 8)
-        .chain(state.properties.iter().map(|(k, v)| k.len() + v.len() + 8))
-        .sum();
-    let targets = if state.upstream.is_some() { 256 } else { 0 };
-    out.reserve(
-        128 + state.uri.path().len() + state.uri.query().map_or(0, str::len) + strings + targets,
-    );
     put_str(out, state.method.as_str());
     put_str(out, state.uri.path());
     match state.uri.query() {

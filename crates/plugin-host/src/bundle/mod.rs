@@ -23,10 +23,10 @@ use crate::bindings::bundle::{BuiltinBundle, BuiltinBundlePre, MemberInit};
 use crate::bindings::Action;
 use crate::engine::PluginEngine;
 use crate::host::{Grants, HostState};
-use crate::plugin::{adopt, budget_ticks, new_store, CallFailure, LoadedPlugin, TenantPools};
-use crate::pool::{Checkout, InstancePool, Pooled};
+use crate::plugin::{adopt, budget_ticks, new_store, CallFailure, LoadedPlugin};
+use crate::pool::{Checkout, Pooled, Pools};
 use crate::services::HostServices;
-use crate::settings::PluginSettings;
+use crate::settings::{high_water, PluginSettings};
 use crate::{PluginError, Result};
 
 /// The interface only a bundle imports (`wasmgate:plugin/bundle@<version>`).
@@ -53,8 +53,8 @@ pub struct Bundle {
     services: Arc<HostServices>,
     inits: Vec<MemberInit>,
     members: Vec<MemberSpec>,
-    shared_pool: Arc<InstancePool<BuiltinBundle>>,
-    tenant_pools: TenantPools<BuiltinBundle>,
+    /// Its instances, shared by the members.
+    pub(crate) pools: Pools<BuiltinBundle>,
     /// The largest of the members' memory caps: one linear memory serves them all.
     memory_bytes: usize,
     /// The largest of the members' instance limits.
@@ -121,8 +121,7 @@ impl Bundle {
                     settings: settings.clone(),
                 })
                 .collect(),
-            shared_pool: Arc::default(),
-            tenant_pools: TenantPools::default(),
+            pools: Pools::default(),
             memory_bytes: members
                 .iter()
                 .map(|(_, s)| s.memory_bytes)
@@ -160,8 +159,7 @@ impl Bundle {
         // The probe's grants were made before the members' were known: make a fresh one.
         let bundle = Arc::new(bundle);
         let (probe, _) = bundle.instantiate(None).await.map_err(PluginError::Init)?;
-        assert!(bundle.shared_pool.reserve(usize::MAX));
-        bundle.shared_pool.put_back(probe);
+        bundle.pools.keep_probe(probe);
         Ok(adopted
             .into_iter()
             .zip(members)
@@ -242,23 +240,13 @@ impl Bundle {
         &self,
         tenant: Option<&str>,
     ) -> std::result::Result<Checkout<BuiltinBundle>, CallFailure> {
-        let pool = match tenant {
-            None => self.shared_pool.clone(),
-            Some(t) => self.tenant_pools.get(t),
+        let make = async || {
+            self.instantiate(tenant)
+                .await
+                .map(|(inst, _)| inst)
+                .map_err(CallFailure::Trap)
         };
-        if let Some(inst) = pool.take_idle() {
-            return Ok(Checkout::new(pool, inst));
-        }
-        if !pool.reserve(self.max_instances) {
-            return Err(CallFailure::NoInstance);
-        }
-        match self.instantiate(tenant).await {
-            Ok((inst, _)) => Ok(Checkout::new(pool, inst)),
-            Err(m) => {
-                pool.release();
-                Err(CallFailure::Trap(m))
-            }
-        }
+        self.pools.checkout(tenant, self.max_instances, make).await
     }
 
     /// The CPU deadline of a run: the budgets of its members added up.
@@ -272,44 +260,10 @@ impl Bundle {
             .max(1)
     }
 
-    /// Returns an instance after a run: retired when its call was cut off, it served
-    /// `max_uses` requests, or its memory grew past three quarters of the cap.
-    pub(crate) fn give_back(&self, mut c: Checkout<BuiltinBundle>) {
-        let retire = match c.inst.as_mut() {
-            Some(inst) => {
-                inst.uses += 1;
-                inst.in_call
-                    || inst.uses >= self.max_uses
-                    || inst.store.data().limiter.peak_bytes > self.memory_bytes / 4 * 3
-            }
-            None => true,
-        };
-        c.give_back(retire);
-    }
-
-    /// Drops the idle instances (every member's: they share them).
-    pub(crate) fn clear_pools(&self) {
-        for pool in self.tenant_pools.all(&self.shared_pool) {
-            pool.clear();
-        }
-    }
-
-    /// Idle instances across tenants.
-    pub(crate) fn idle_instances(&self) -> usize {
-        self.tenant_pools
-            .all(&self.shared_pool)
-            .iter()
-            .map(|p| p.idle())
-            .sum()
-    }
-
-    /// Live instances across tenants.
-    pub(crate) fn live_instances(&self) -> usize {
-        self.tenant_pools
-            .all(&self.shared_pool)
-            .iter()
-            .map(|p| p.live())
-            .sum()
+    /// Returns an instance after a run (retired by the smallest of the members' use limits and
+    /// the high-water mark of the largest memory cap).
+    pub(crate) fn give_back(&self, c: Checkout<BuiltinBundle>) {
+        c.give_back_used(self.max_uses, high_water(self.memory_bytes));
     }
 }
 

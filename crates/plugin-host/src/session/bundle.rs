@@ -63,45 +63,32 @@ impl RequestSession {
             }
         };
         let inst = checkout.inst.as_mut().expect("checked out");
-        codec::encode_head(&self.state, &mut self.head);
         let data = inst.store.data_mut();
+        let mut head = std::mem::take(&mut data.head);
+        codec::encode_head(&self.state, &mut head);
         std::mem::swap(&mut data.req, &mut self.state);
         data.io_wait = std::time::Duration::ZERO;
         data.bundle = Some(BundleRun::new(run, tenant));
-        if let Some(first) = data.member_grants.get(run.trailing_zeros() as usize) {
-            data.grants = first.clone();
-        }
+        data.enter_member(run.trailing_zeros());
         inst.store.set_epoch_deadline(bundle.run_ticks(run));
         let started = Instant::now();
         inst.in_call = true;
         let result = inst
             .bindings
-            .call_run_request_headers(&mut inst.store, run, &self.head)
+            .call_run_request_headers(&mut inst.store, run, &head)
             .await;
         inst.in_call = false;
         let data = inst.store.data_mut();
         std::mem::swap(&mut data.req, &mut self.state);
+        data.head = head;
         let progress = data.bundle.take().expect("set above");
 
         let mut since = started;
         for r in progress.results {
             let k = at[r.member as usize];
-            let (plugin, slot) = (&self.plugins[k], &mut self.slots[k]);
-            plugin
-                .stats
-                .calls
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            plugin.stats.record_duration(r.at - since);
-            if let Some(calls) = self.calls.as_mut() {
-                calls.push(CallTiming {
-                    plugin: k,
-                    phase: "on-request-headers",
-                    start: since,
-                    duration: r.at - since,
-                    failed: false,
-                });
-            }
+            self.count_member_call(k, since, r.at - since, false);
             since = r.at;
+            let slot = &mut self.slots[k];
             slot.no_response_body |= r.skip_response_body;
             slot.outcome = Outcome::Continued;
             step.next = k + 1;
@@ -137,26 +124,37 @@ impl RequestSession {
                 let failure = classify(&e, inst.store.data());
                 drop(checkout);
                 let k = at[member as usize];
+                self.count_member_call(k, since, since.elapsed(), true);
                 let plugin = &self.plugins[k];
-                plugin
-                    .stats
-                    .calls
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                plugin.stats.record_duration(since.elapsed());
-                if let Some(calls) = self.calls.as_mut() {
-                    calls.push(CallTiming {
-                        plugin: k,
-                        phase: "on-request-headers",
-                        start: since,
-                        duration: since.elapsed(),
-                        failed: true,
-                    });
-                }
                 let failure = plugin.record_failure(failure);
                 fail(plugin, &mut self.slots[k], failure)?;
                 step.next = k + 1;
                 Ok(step)
             }
+        }
+    }
+
+    /// Counts member `k`'s share of a run as its call: statistics, and the trace's timing.
+    fn count_member_call(
+        &mut self,
+        k: usize,
+        start: Instant,
+        duration: std::time::Duration,
+        failed: bool,
+    ) {
+        let stats = &self.plugins[k].stats;
+        stats
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.record_duration(duration);
+        if let Some(calls) = self.calls.as_mut() {
+            calls.push(CallTiming {
+                plugin: k,
+                phase: "on-request-headers",
+                start,
+                duration,
+                failed,
+            });
         }
     }
 }

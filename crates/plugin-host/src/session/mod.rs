@@ -167,8 +167,6 @@ pub struct RequestSession {
     pub state: Box<RequestState>,
     /// Every call's timing, kept while tracing samples the request.
     calls: Option<Vec<CallTiming>>,
-    /// The packed request head of a bundle run (reused by the next run of the request).
-    head: Vec<u8>,
 }
 
 impl std::fmt::Debug for RequestSession {
@@ -189,7 +187,6 @@ impl RequestSession {
             logging: false,
             state,
             calls: None,
-            head: Vec::new(),
         }
     }
 
@@ -476,15 +473,11 @@ impl RequestSession {
 
     fn give_back(&mut self, i: usize) {
         let (plugin, slot) = (&self.plugins[i], &mut self.slots[i]);
-        if let Some(mut c) = slot.checkout.take() {
-            let retire = match c.inst.as_mut() {
-                Some(inst) => {
-                    inst.uses += 1;
-                    plugin.should_retire(inst)
-                }
-                None => true,
-            };
-            c.give_back(retire);
+        if let Some(c) = slot.checkout.take() {
+            c.give_back_used(
+                plugin.settings.max_uses,
+                plugin.settings.memory_high_water(),
+            );
         }
     }
 }
@@ -527,7 +520,6 @@ impl Drop for RequestSession {
                     logging: true,
                     state: std::mem::take(&mut self.state),
                     calls: None,
-                    head: Vec::new(),
                 };
                 handle.spawn(session.finish());
                 return;
