@@ -3,7 +3,7 @@
 //! on its own (`plugins.fuse_builtins = false`), and a client cannot tell the two apart.
 mod common;
 
-use common::{client, echoed_header};
+use common::{client, echoed_header, json};
 use wasmgate_config::{Config, RouterStrategy, Secret, TargetTags};
 use wasmgate_testkit::{gateway, upstream, TestGateway, TestUpstream};
 
@@ -145,18 +145,6 @@ async fn fused_and_separate_built_ins_answer_every_request_alike() {
     assert!(has(&fused_seen[8], "retry-after"));
 }
 
-async fn plugins(gw: &TestGateway) -> serde_json::Value {
-    client()
-        .get(gw.url("/gateway/plugins"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_fused_built_in_is_listed_as_its_own_plugin_with_its_bundle() {
     for fuse in [true, false] {
@@ -181,7 +169,12 @@ async fn each_fused_built_in_is_listed_as_its_own_plugin_with_its_bundle() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        let list = plugins(&gw).await;
+        let list = json(
+            client()
+                .get(gw.url("/gateway/plugins"))
+                .bearer_auth("admin-secret"),
+        )
+        .await;
         let find = |name: &str| {
             list["plugins"]
                 .as_array()

@@ -478,15 +478,7 @@ impl LoadedPlugin {
             .map_err(|e| InstantiateError::Wasm(format!("init trapped: {e:#}")))?
             .map_err(InstantiateError::Init)?;
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        Ok((
-            Pooled {
-                store,
-                bindings,
-                uses: 0,
-                in_call: false,
-            },
-            info,
-        ))
+        Ok((Pooled::new(store, bindings), info))
     }
 
     /// Checks out an instance for a request of `tenant`.

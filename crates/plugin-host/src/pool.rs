@@ -26,6 +26,18 @@ pub struct Pooled<B = GatewayPlugin> {
     pub in_call: bool,
 }
 
+impl<B> Pooled<B> {
+    /// A new instance, not yet used.
+    pub(crate) fn new(store: Store<HostState>, bindings: B) -> Self {
+        Pooled {
+            store,
+            bindings,
+            uses: 0,
+            in_call: false,
+        }
+    }
+}
+
 /// The idle instances of one (plugin, tenant) and a count of the live ones.
 pub struct InstancePool<B = GatewayPlugin> {
     idle: Mutex<Vec<Pooled<B>>>,

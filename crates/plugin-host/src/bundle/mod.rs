@@ -224,15 +224,7 @@ impl Bundle {
             ));
         }
         self.instantiations.fetch_add(1, Ordering::Relaxed);
-        Ok((
-            Pooled {
-                store,
-                bindings,
-                uses: 0,
-                in_call: false,
-            },
-            infos,
-        ))
+        Ok((Pooled::new(store, bindings), infos))
     }
 
     /// An instance for a request of `tenant`.
