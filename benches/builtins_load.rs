@@ -9,7 +9,9 @@
 //! `cargo bench --bench builtins_load` (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONNECTIONS;
 //! BENCH_CHAIN=auth, rate-limit or router runs one built-in alone; BENCH_CHAIN=acip runs the
 //! chain the `.env` mode turns on: security-headers, cors, auth, rate-limit, cache with the job
-//! API excluded, round-robin). BENCH_UPSTREAM_MS gives the upstreams a latency.
+//! API excluded, round-robin). BENCH_UPSTREAM_MS gives the upstreams a latency;
+//! BENCH_REDIS_POOL sets `redis.pool_size`, BENCH_REDIS_BATCH=0 turns off
+//! `redis.batch_window_decisions`.
 //!
 //! Each round also reports every gateway's CPU time per request (its thread's run time over
 //! the requests it served): a figure that, unlike req/s, does not move with what the machine's
@@ -68,6 +70,10 @@ fn chain_config(upstreams: [SocketAddr; 2], redis: Option<String>, fuse: bool) -
         .and_then(|v| v.parse().ok())
     {
         c.redis.pool_size = Some(n);
+    }
+    // BENCH_REDIS_BATCH=0: one EVALSHA per rate-limit decision (redis.batch_window_decisions).
+    if std::env::var("BENCH_REDIS_BATCH").is_ok_and(|v| v == "0") {
+        c.redis.batch_window_decisions = false;
     }
     c
 }

@@ -127,6 +127,17 @@ fn main() {
             .await
             .unwrap(),
         );
+        // The same server without batching window decisions (redis.batch_window_decisions =
+        // false): one EVALSHA per decision, side by side with the batched default.
+        let unbatched: Arc<dyn Store> = Arc::new(
+            RedisStore::connect(&RedisConfig {
+                url: Some(Secret::new(server.url())),
+                batch_window_decisions: false,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        );
         let memory: Arc<dyn Store> = Arc::new(MemoryStore::new(100_000));
         println!(
             "bench-state: {concurrency} calls in flight, {millis} ms per operation, 1 worker thread, Redis {} on loopback",
@@ -151,6 +162,18 @@ fn main() {
                 Op::SlidingWindow => window_p50 = r.p50_us,
                 _ => {}
             }
+        }
+        for (name, op) in [
+            ("sliding-window hit", Op::SlidingWindow),
+            ("fixed-window hit", Op::FixedWindow),
+        ] {
+            call(&*unbatched, op, 0, 0).await;
+            let u = measure(unbatched.clone(), op, concurrency, dur).await;
+            let b = measure(redis.clone(), op, concurrency, dur).await;
+            println!(
+                "redis, {concurrency} in flight, {name}: one EVALSHA each {:.0} ops/s (p50 {:.0} µs, p99 {:.0}), batched {:.0} ops/s (p50 {:.0} µs, p99 {:.0}): {:.2}x",
+                u.ops_per_s, u.p50_us, u.p99_us, b.ops_per_s, b.p50_us, b.p99_us, b.ops_per_s / u.ops_per_s
+            );
         }
         println!(
             "redis, {concurrency} in flight: sliding-window hit p50 / ping p50 = {:.2} (server-bound: the script's work queues)",

@@ -392,6 +392,106 @@ async fn a_window_decision_is_one_round_trip() {
     assert_eq!(from_gateway, vec!["EVALSHA"; 10], "{from_gateway:?}");
 }
 
+/// Decisions made at the same moment go to Redis as one script call (`redis.batch_window_decisions`,
+/// the default), each decided as alone: of 50 at once on a limit of 20, exactly 20 pass, with
+/// 19..0 remaining; a fixed window in the same batch keeps its own limit. Without batching,
+/// every decision is its own `EVALSHA`.
+#[tokio::test]
+async fn decisions_made_together_go_as_one_script_call() {
+    let server = RedisServer::start().await;
+    for batch in [true, false] {
+        let store: Arc<dyn Store> = Arc::new(
+            RedisStore::connect(&RedisConfig {
+                batch_window_decisions: batch,
+                ..redis_config(&server.url())
+            })
+            .await
+            .unwrap(),
+        );
+        let (sliding, fixed) = (
+            format!("gateway:b:s:{batch}"),
+            format!("gateway:b:f:{batch}"),
+        );
+        let monitor = server.monitor().await;
+        let window = Duration::from_secs(60);
+        let hits = (0..50).map(|i| {
+            let store = store.clone();
+            let (sliding, fixed) = (sliding.clone(), fixed.clone());
+            async move {
+                if i % 5 == 4 {
+                    (
+                        false,
+                        store.fixed_window_hit(&fixed, 3, window).await.unwrap(),
+                    )
+                } else {
+                    (
+                        true,
+                        store
+                            .sliding_window_hit(&sliding, 20, window)
+                            .await
+                            .unwrap(),
+                    )
+                }
+            }
+        });
+        let results = futures_util::future::join_all(hits).await;
+        let sent = monitor
+            .commands()
+            .await
+            .into_iter()
+            .filter(|c| c.client != "lua" && c.command.eq_ignore_ascii_case("evalsha"))
+            .count();
+        let mut remaining: Vec<u64> = results
+            .iter()
+            .filter(|(s, h)| *s && h.allowed)
+            .map(|(_, h)| h.remaining)
+            .collect();
+        remaining.sort_unstable();
+        assert_eq!(remaining, (0..20).collect::<Vec<_>>(), "batch {batch}");
+        let fixed_allowed = results.iter().filter(|(s, h)| !*s && h.allowed).count();
+        assert_eq!(fixed_allowed, 3, "batch {batch}");
+        assert!(
+            results
+                .iter()
+                .filter(|(_, h)| !h.allowed)
+                .all(|(_, h)| h.remaining == 0),
+            "batch {batch}"
+        );
+        if batch {
+            assert!(sent <= 5, "50 decisions at once took {sent} EVALSHA");
+        } else {
+            assert_eq!(sent, 50);
+        }
+    }
+}
+
+/// The request that queued a batch first goes away (its client hung up) before the batch is
+/// sent: the others still get their decisions.
+#[tokio::test]
+async fn a_batch_outlives_the_request_that_started_it() {
+    use futures_util::FutureExt;
+    let server = RedisServer::start().await;
+    let store = redis_store(&server).await;
+    let window = Duration::from_secs(60);
+    let mut first = Box::pin(store.sliding_window_hit("gateway:b:drop", 10, window));
+    assert!(
+        (&mut first).now_or_never().is_none(),
+        "the first decision waits for its batch"
+    );
+    let mut others = Box::pin(futures_util::future::join_all(
+        (0..5).map(|_| store.sliding_window_hit("gateway:b:drop", 10, window)),
+    ));
+    assert!(
+        (&mut others).now_or_never().is_none(),
+        "the others join its batch"
+    );
+    drop(first);
+    let others = tokio::time::timeout(Duration::from_secs(5), others)
+        .await
+        .expect("the batch was sent without the request that started it");
+    assert!(others.iter().all(|h| h.as_ref().unwrap().allowed));
+}
+
 /// Redis down: calls fail with `unavailable` (fast, not after queueing), health says why;
 /// Redis back: the same store recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -253,6 +253,10 @@ pub struct RedisConfig {
     /// Connections in the pool (commands are pipelined on each); unset = one per worker
     /// thread, as Envoy's Redis proxy keeps one connection per worker.
     pub pool_size: Option<usize>,
+    /// Rate-limit decisions made at the same moment go to Redis together, as one script call
+    /// (one write and one script run for all; each decided exactly as alone). A decision made
+    /// alone waits one pass of the runtime's scheduler. false: one `EVALSHA` each.
+    pub batch_window_decisions: bool,
     /// Keys the embedded in-memory store holds at most (used when `url` is unset); past it,
     /// expired keys and then the least recently used are evicted.
     pub memory_max_keys: usize,
@@ -267,6 +271,7 @@ impl Default for RedisConfig {
             key_prefix: "gateway:".into(),
             command_timeout_ms: 200,
             pool_size: None,
+            batch_window_decisions: true,
             memory_max_keys: 100_000,
         }
     }

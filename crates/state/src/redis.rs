@@ -1,6 +1,7 @@
 //! The Redis backend (fred): standalone, sentinel or cluster from the URL scheme, a pool of
 //! connections, a timeout on every command, reconnection with exponential backoff, and the
-//! deciding operations as Lua scripts run on the server (one round trip each, `EVALSHA`).
+//! deciding operations as Lua scripts run on the server (one round trip each, `EVALSHA`; rate-limit
+//! decisions made at the same moment share one: `WindowBatch`).
 //!
 //! While no connection is up, operations fail at once with `unavailable` instead of queueing
 //! behind the reconnect: a request never waits on a Redis that is known to be down. A
@@ -24,51 +25,59 @@ use crate::{
 /// How often the background probe pings.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// Sliding window over a sorted set of hit times (µs, server clock). Rejected hits are not
-/// recorded. Returns {allowed, remaining, reset_after_ms}.
-const SLIDING_WINDOW: &str = r#"
-local key = KEYS[1]
-local limit = tonumber(ARGV[1])
-local window_ms = tonumber(ARGV[2])
-local window = window_ms * 1000
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local count = redis.call('ZCARD', key)
-local allowed = 0
-if count < limit then
-  redis.call('ZADD', key, now, t[1] .. '.' .. t[2] .. ':' .. ARGV[3])
-  redis.call('PEXPIRE', key, window_ms)
-  count = count + 1
-  allowed = 1
+/// Window decisions, one per key (several when decisions made at the same moment go out
+/// together: [`WindowBatch`]), in order, atomically. KEYS: the windows. ARGV, four per key:
+/// kind (`s` sliding, `f` fixed), limit, window in ms, a random member suffix (sliding).
+/// Returns {allowed, remaining, reset_after_ms} per key, flattened.
+///
+/// Sliding: a sorted set of hit times (µs, server clock), the layout the ACIP gateway uses
+/// (`ZCARD gateway:ratelimit:<client>` is the count); rejected hits are not recorded. Fixed: a
+/// counter that expires `window` after its first hit; rejected hits are not counted.
+const WINDOW: &str = r#"
+local t, now
+local out = {}
+for i, key in ipairs(KEYS) do
+  local a = (i - 1) * 4
+  local limit = tonumber(ARGV[a + 2])
+  local window_ms = tonumber(ARGV[a + 3])
+  local allowed = 0
+  local count
+  local reset = window_ms
+  if ARGV[a + 1] == 's' then
+    if not t then
+      t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    end
+    local window = window_ms * 1000
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    count = redis.call('ZCARD', key)
+    if count < limit then
+      redis.call('ZADD', key, now, t[1] .. '.' .. t[2] .. ':' .. ARGV[a + 4])
+      redis.call('PEXPIRE', key, window_ms)
+      count = count + 1
+      allowed = 1
+    end
+    if count > 0 then
+      local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      reset = math.ceil((tonumber(oldest[2]) + window - now) / 1000)
+    end
+  else
+    count = tonumber(redis.call('GET', key) or '0')
+    if count < limit then
+      count = redis.call('INCR', key)
+      if count == 1 then redis.call('PEXPIRE', key, window_ms) end
+      allowed = 1
+    end
+    local ttl = redis.call('PTTL', key)
+    if ttl >= 0 then reset = ttl end
+  end
+  local remaining = limit - count
+  if remaining < 0 then remaining = 0 end
+  out[#out + 1] = allowed
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
 end
-local reset = window_ms
-if count > 0 then
-  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  reset = math.ceil((tonumber(oldest[2]) + window - now) / 1000)
-end
-local remaining = limit - count
-if remaining < 0 then remaining = 0 end
-return {allowed, remaining, reset}
-"#;
-
-/// Fixed window: a counter that expires `window` after its first hit. Rejected hits are not
-/// counted.
-const FIXED_WINDOW: &str = r#"
-local key = KEYS[1]
-local limit = tonumber(ARGV[1])
-local count = tonumber(redis.call('GET', key) or '0')
-local allowed = 0
-if count < limit then
-  count = redis.call('INCR', key)
-  if count == 1 then redis.call('PEXPIRE', key, ARGV[2]) end
-  allowed = 1
-end
-local ttl = redis.call('PTTL', key)
-if ttl < 0 then ttl = tonumber(ARGV[2]) end
-local remaining = limit - count
-if remaining < 0 then remaining = 0 end
-return {allowed, remaining, ttl}
+return out
 "#;
 
 /// INCRBY with the expiry set only when the key is created.
@@ -98,18 +107,75 @@ return evicted
 "#;
 
 struct Scripts {
-    sliding: Script,
-    fixed: Script,
+    window: Script,
     incr: Script,
     put_indexed: Script,
 }
 
+/// Most window decisions in one `EVALSHA`: Redis runs a script to the end before anything
+/// else, so a batch is bounded to keep the server's other clients from waiting long.
+const MAX_BATCH: usize = 64;
+
+/// Window decisions that go to Redis together (docs/state.md, "Batched window decisions").
+///
+/// fred flushes the socket after every `EVALSHA`, so decisions sent one by one cost a write
+/// and a wake-up of `redis-server` each. Under load many requests reach their decision in the
+/// same pass of the runtime: the first queues its decision and yields once, the ones that
+/// arrive before it runs again join the queue, and then all go out as one `EVALSHA` of
+/// [`WINDOW`], which decides them in order, each exactly as alone. A decision alone costs one
+/// yield more than it did.
+#[derive(Default)]
+struct WindowBatch {
+    queue: std::sync::Mutex<Vec<Pending>>,
+}
+
+/// A queued window decision and where its answer goes.
+struct Pending {
+    key: String,
+    kind: WindowKind,
+    limit: u64,
+    window_ms: i64,
+    answer: tokio::sync::oneshot::Sender<StoreResult<WindowHit>>,
+}
+
+impl WindowBatch {
+    /// Queues `p`; true when the queue was empty (the caller sends the batch).
+    fn push(&self, p: Pending) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.push(p);
+        q.len() == 1
+    }
+
+    fn take(&self) -> Vec<Pending> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Sends the queued batch from a task of its own when dropped: the request that queued it
+/// first may go away (its client hung up) while the others wait for their answers.
+struct SendOnDrop<'a>(Option<&'a RedisStore>);
+
+impl Drop for SendOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(store) = self.0 else { return };
+        let batch = store.windows.take();
+        if !batch.is_empty() {
+            let store = store.clone();
+            tokio::spawn(async move { store.send_windows(batch).await });
+        }
+    }
+}
+
 /// The Redis store.
+#[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
     scripts: Arc<Scripts>,
     health: Arc<HealthCell>,
     clustered: bool,
+    /// `redis.batch_window_decisions`, and not a cluster (a script touches keys of one slot).
+    batch: bool,
+    windows: Arc<WindowBatch>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -139,8 +205,8 @@ fn ttl_ms(d: Duration) -> i64 {
     (d.as_millis() as i64).max(1)
 }
 
-fn window_hit(v: Vec<i64>) -> StoreResult<WindowHit> {
-    match v.as_slice() {
+fn window_hit(v: &[i64]) -> StoreResult<WindowHit> {
+    match v {
         [allowed, remaining, reset] => Ok(WindowHit {
             allowed: *allowed == 1,
             remaining: (*remaining).max(0) as u64,
@@ -220,13 +286,14 @@ impl RedisStore {
         let store = RedisStore {
             pool,
             scripts: Arc::new(Scripts {
-                sliding: Script::from_lua(SLIDING_WINDOW),
-                fixed: Script::from_lua(FIXED_WINDOW),
+                window: Script::from_lua(WINDOW),
                 incr: Script::from_lua(INCR_TTL),
                 put_indexed: Script::from_lua(PUT_INDEXED),
             }),
             health,
             clustered,
+            batch: config.batch_window_decisions && !clustered,
+            windows: Arc::default(),
         };
         if store.health.health("redis").is_up() {
             // Load the scripts now so every later decision is one EVALSHA.
@@ -280,6 +347,48 @@ impl RedisStore {
         let r = script.evalsha_with_reload(client, keys, args).await;
         self.track(r)
     }
+
+    /// Sends queued window decisions, [`MAX_BATCH`] to an `EVALSHA`, and answers each.
+    async fn send_windows(&self, mut batch: Vec<Pending>) {
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(MAX_BATCH));
+            let hits = self.decide(&batch).await;
+            for (p, hit) in std::mem::replace(&mut batch, rest).into_iter().zip(hits) {
+                let _ = p.answer.send(hit);
+            }
+        }
+    }
+
+    /// Runs [`WINDOW`] for `batch`: one result per decision, in order.
+    async fn decide(&self, batch: &[Pending]) -> Vec<StoreResult<WindowHit>> {
+        let mut keys = Vec::with_capacity(batch.len());
+        let mut args: Vec<fred::types::Value> = Vec::with_capacity(batch.len() * 4);
+        for p in batch {
+            keys.push(p.key.clone());
+            args.push(match p.kind {
+                WindowKind::Sliding => "s".into(),
+                WindowKind::Fixed => "f".into(),
+            });
+            args.push((p.limit.min(i64::MAX as u64) as i64).into());
+            args.push(p.window_ms.into());
+            // Makes the sorted-set member unique when two hits share a microsecond.
+            args.push(format!("{:016x}", rand::random::<u64>()).into());
+        }
+        match self
+            .eval::<Vec<i64>>(&self.scripts.window, keys, args)
+            .await
+        {
+            Ok(v) if v.len() == batch.len() * 3 => v.chunks(3).map(window_hit).collect(),
+            Ok(v) => {
+                let e = format!("unexpected window reply {v:?}");
+                batch
+                    .iter()
+                    .map(|_| Err(StoreError::Refused(e.clone())))
+                    .collect()
+            }
+            Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
 }
 
 impl RedisStore {
@@ -319,8 +428,8 @@ impl RedisStore {
 }
 
 impl Scripts {
-    fn all(&self) -> [&Script; 4] {
-        [&self.sliding, &self.fixed, &self.incr, &self.put_indexed]
+    fn all(&self) -> [&Script; 3] {
+        [&self.window, &self.incr, &self.put_indexed]
     }
 }
 
@@ -425,20 +534,36 @@ impl Store for RedisStore {
         kind: WindowKind,
     ) -> StoreFuture<'a, WindowHit> {
         Box::pin(async move {
-            let mut args: Vec<fred::types::Value> = vec![
-                (limit.min(i64::MAX as u64) as i64).into(),
-                ttl_ms(window).into(),
-            ];
-            let script = match kind {
-                WindowKind::Sliding => {
-                    // Makes the sorted-set member unique when two hits share a microsecond.
-                    args.push(format!("{:016x}", rand::random::<u64>()).into());
-                    &self.scripts.sliding
-                }
-                WindowKind::Fixed => &self.scripts.fixed,
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            let pending = Pending {
+                key: key.to_string(),
+                kind,
+                limit,
+                window_ms: ttl_ms(window),
+                answer,
             };
-            let v: Vec<i64> = self.eval(script, vec![key.to_string()], args).await?;
-            window_hit(v)
+            if !self.batch {
+                let batch = [pending];
+                return self.decide(&batch).await.pop().expect("one decision");
+            }
+            if self.windows.push(pending) {
+                let mut send = SendOnDrop(Some(self));
+                tokio::task::yield_now().await;
+                send.0 = None;
+                let batch = self.windows.take();
+                if batch.len() == 1 {
+                    self.send_windows(batch).await;
+                } else {
+                    // Others wait on this batch: it must not go away with this request.
+                    let store = self.clone();
+                    tokio::spawn(async move { store.send_windows(batch).await });
+                }
+            }
+            answered.await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "the window decision was dropped".into(),
+                ))
+            })
         })
     }
 
