@@ -394,8 +394,9 @@ async fn a_window_decision_is_one_round_trip() {
 
 /// Decisions made at the same moment go to Redis as one script call (`redis.batch_window_decisions`,
 /// the default), each decided as alone: of 50 at once on a limit of 20, exactly 20 pass, with
-/// 19..0 remaining; a fixed window in the same batch keeps its own limit. Without batching,
-/// every decision is its own `EVALSHA`.
+/// 19..0 remaining; a fixed window in the same batch keeps its own limit; a decision on a key of
+/// another type fails alone (WRONGTYPE), not the batch. Without batching, every decision is its
+/// own `EVALSHA`.
 #[tokio::test]
 async fn decisions_made_together_go_as_one_script_call() {
     let server = RedisServer::start().await;
@@ -408,29 +409,23 @@ async fn decisions_made_together_go_as_one_script_call() {
             .await
             .unwrap(),
         );
-        let (sliding, fixed) = (
-            format!("gateway:b:s:{batch}"),
-            format!("gateway:b:f:{batch}"),
-        );
+        let key = |k: &str| format!("gateway:b:{k}:{batch}");
+        store
+            .set(&key("wrong"), b"a string".to_vec(), None)
+            .await
+            .unwrap();
         let monitor = server.monitor().await;
         let window = Duration::from_secs(60);
-        let hits = (0..50).map(|i| {
+        let hits = (0..51).map(|i| {
             let store = store.clone();
-            let (sliding, fixed) = (sliding.clone(), fixed.clone());
             async move {
-                if i % 5 == 4 {
-                    (
-                        false,
-                        store.fixed_window_hit(&fixed, 3, window).await.unwrap(),
-                    )
-                } else {
-                    (
-                        true,
-                        store
-                            .sliding_window_hit(&sliding, 20, window)
-                            .await
-                            .unwrap(),
-                    )
+                match i {
+                    0 => (
+                        'w',
+                        store.sliding_window_hit(&key("wrong"), 20, window).await,
+                    ),
+                    i if i % 5 == 4 => ('f', store.fixed_window_hit(&key("f"), 3, window).await),
+                    _ => ('s', store.sliding_window_hit(&key("s"), 20, window).await),
                 }
             }
         });
@@ -441,26 +436,38 @@ async fn decisions_made_together_go_as_one_script_call() {
             .into_iter()
             .filter(|c| c.client != "lua" && c.command.eq_ignore_ascii_case("evalsha"))
             .count();
-        let mut remaining: Vec<u64> = results
-            .iter()
-            .filter(|(s, h)| *s && h.allowed)
-            .map(|(_, h)| h.remaining)
+        let decided = |kind: char| {
+            results
+                .iter()
+                .filter(move |(k, _)| *k == kind)
+                .map(|(_, r)| r.as_ref().expect("decided"))
+        };
+        let mut remaining: Vec<u64> = decided('s')
+            .filter(|h| h.allowed)
+            .map(|h| h.remaining)
             .collect();
         remaining.sort_unstable();
         assert_eq!(remaining, (0..20).collect::<Vec<_>>(), "batch {batch}");
-        let fixed_allowed = results.iter().filter(|(s, h)| !*s && h.allowed).count();
-        assert_eq!(fixed_allowed, 3, "batch {batch}");
-        assert!(
-            results
-                .iter()
-                .filter(|(_, h)| !h.allowed)
-                .all(|(_, h)| h.remaining == 0),
+        assert_eq!(
+            decided('f').filter(|h| h.allowed).count(),
+            3,
             "batch {batch}"
         );
+        assert!(
+            decided('s')
+                .chain(decided('f'))
+                .filter(|h| !h.allowed)
+                .all(|h| h.remaining == 0),
+            "batch {batch}"
+        );
+        match &results[0].1 {
+            Err(StoreError::Refused(e)) => assert!(e.contains("WRONGTYPE"), "{e}"),
+            other => panic!("a sorted-set decision on a string: {other:?}"),
+        }
         if batch {
-            assert!(sent <= 5, "50 decisions at once took {sent} EVALSHA");
+            assert!(sent <= 5, "51 decisions at once took {sent} EVALSHA");
         } else {
-            assert_eq!(sent, 50);
+            assert_eq!(sent, 51);
         }
     }
 }

@@ -28,22 +28,21 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Window decisions, one per key (several when decisions made at the same moment go out
 /// together: [`WindowBatch`]), in order, atomically. KEYS: the windows. ARGV, four per key:
 /// kind (`s` sliding, `f` fixed), limit, window in ms, a random member suffix (sliding).
-/// Returns {allowed, remaining, reset_after_ms} per key, flattened.
+/// Returns {{allowed, remaining, reset_after_ms} per key, flattened; {the errors, in order}}:
+/// a decision that fails (a key of another type: WRONGTYPE) has allowed = -1 and its error in
+/// the second list, and the others are decided as if it were not there.
 ///
 /// Sliding: a sorted set of hit times (µs, server clock), the layout the ACIP gateway uses
 /// (`ZCARD gateway:ratelimit:<client>` is the count); rejected hits are not recorded. Fixed: a
 /// counter that expires `window` after its first hit; rejected hits are not counted.
 const WINDOW: &str = r#"
 local t, now
-local out = {}
-for i, key in ipairs(KEYS) do
-  local a = (i - 1) * 4
-  local limit = tonumber(ARGV[a + 2])
-  local window_ms = tonumber(ARGV[a + 3])
+local out, errors = {}, {}
+local function decide(key, kind, limit, window_ms, suffix)
   local allowed = 0
   local count
   local reset = window_ms
-  if ARGV[a + 1] == 's' then
+  if kind == 's' then
     if not t then
       t = redis.call('TIME')
       now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -52,7 +51,7 @@ for i, key in ipairs(KEYS) do
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
     count = redis.call('ZCARD', key)
     if count < limit then
-      redis.call('ZADD', key, now, t[1] .. '.' .. t[2] .. ':' .. ARGV[a + 4])
+      redis.call('ZADD', key, now, t[1] .. '.' .. t[2] .. ':' .. suffix)
       redis.call('PEXPIRE', key, window_ms)
       count = count + 1
       allowed = 1
@@ -73,11 +72,22 @@ for i, key in ipairs(KEYS) do
   end
   local remaining = limit - count
   if remaining < 0 then remaining = 0 end
+  return allowed, remaining, reset
+end
+for i, key in ipairs(KEYS) do
+  local a = (i - 1) * 4
+  local ok, allowed, remaining, reset = pcall(decide, key, ARGV[a + 1],
+    tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4])
+  if not ok then
+    local e = allowed
+    errors[#errors + 1] = type(e) == 'table' and (e.err or 'error') or tostring(e)
+    allowed, remaining, reset = -1, 0, 0
+  end
   out[#out + 1] = allowed
   out[#out + 1] = remaining
   out[#out + 1] = reset
 end
-return out
+return {out, errors}
 "#;
 
 /// INCRBY with the expiry set only when the key is created.
@@ -159,9 +169,11 @@ impl Drop for SendOnDrop<'_> {
     fn drop(&mut self) {
         let Some(store) = self.0 else { return };
         let batch = store.windows.take();
-        if !batch.is_empty() {
+        // Outside a runtime (it is shutting down) the batch is dropped: its callers are told
+        // the store is unavailable.
+        if let (false, Ok(rt)) = (batch.is_empty(), tokio::runtime::Handle::try_current()) {
             let store = store.clone();
-            tokio::spawn(async move { store.send_windows(batch).await });
+            rt.spawn(async move { store.send_windows(batch).await });
         }
     }
 }
@@ -375,20 +387,44 @@ impl RedisStore {
             args.push(format!("{:016x}", rand::random::<u64>()).into());
         }
         match self
-            .eval::<Vec<i64>>(&self.scripts.window, keys, args)
+            .eval::<fred::types::Value>(&self.scripts.window, keys, args)
             .await
         {
-            Ok(v) if v.len() == batch.len() * 3 => v.chunks(3).map(window_hit).collect(),
-            Ok(v) => {
-                let e = format!("unexpected window reply {v:?}");
-                batch
-                    .iter()
-                    .map(|_| Err(StoreError::Refused(e.clone())))
-                    .collect()
-            }
+            Ok(reply) => window_replies(reply, batch.len()),
             Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
         }
     }
+}
+
+/// Reads [`WINDOW`]'s reply for `n` decisions: one result each, in order.
+fn window_replies(reply: fred::types::Value, n: usize) -> Vec<StoreResult<WindowHit>> {
+    use fred::types::Value;
+    let bad = |why: String| {
+        (0..n)
+            .map(|_| Err(StoreError::Refused(why.clone())))
+            .collect()
+    };
+    let Value::Array(mut parts) = reply else {
+        return bad(format!("unexpected window reply {reply:?}"));
+    };
+    let (Some(Value::Array(errors)), Some(Value::Array(hits)), true) =
+        (parts.pop(), parts.pop(), parts.is_empty())
+    else {
+        return bad("unexpected window reply".into());
+    };
+    let hits: Vec<i64> = hits.iter().filter_map(Value::as_i64).collect();
+    if hits.len() != n * 3 {
+        return bad(format!("unexpected window reply {hits:?}"));
+    }
+    let mut errors = errors
+        .into_iter()
+        .map(|e| e.as_string().unwrap_or_default());
+    hits.chunks(3)
+        .map(|c| match c {
+            [-1, ..] => Err(StoreError::Refused(errors.next().unwrap_or_default())),
+            _ => window_hit(c),
+        })
+        .collect()
 }
 
 impl RedisStore {
