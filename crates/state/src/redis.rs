@@ -139,12 +139,17 @@ struct WindowBatch {
     queue: std::sync::Mutex<Vec<Pending>>,
 }
 
-/// A queued window decision and where its answer goes.
-struct Pending {
+/// One window decision: the key, and the window it is decided in.
+struct Decision {
     key: String,
     kind: WindowKind,
     limit: u64,
     window_ms: i64,
+}
+
+/// A queued window decision and where its answer goes.
+struct Pending {
+    decision: Decision,
     answer: tokio::sync::oneshot::Sender<StoreResult<WindowHit>>,
 }
 
@@ -217,16 +222,13 @@ fn ttl_ms(d: Duration) -> i64 {
     (d.as_millis() as i64).max(1)
 }
 
-fn window_hit(v: &[i64]) -> StoreResult<WindowHit> {
-    match v {
-        [allowed, remaining, reset] => Ok(WindowHit {
-            allowed: *allowed == 1,
-            remaining: (*remaining).max(0) as u64,
-            reset_after_ms: (*reset).max(0) as u64,
-        }),
-        _ => Err(StoreError::Refused(format!(
-            "unexpected window reply {v:?}"
-        ))),
+/// One decision's three numbers in [`WINDOW`]'s reply: allowed (1, 0, or -1 for an error),
+/// remaining, reset in milliseconds.
+fn window_hit([allowed, remaining, reset]: [i64; 3]) -> WindowHit {
+    WindowHit {
+        allowed: allowed == 1,
+        remaining: remaining.max(0) as u64,
+        reset_after_ms: reset.max(0) as u64,
     }
 }
 
@@ -363,26 +365,29 @@ impl RedisStore {
     /// Sends queued window decisions, [`MAX_BATCH`] to an `EVALSHA`, and answers each.
     async fn send_windows(&self, mut batch: Vec<Pending>) {
         while !batch.is_empty() {
-            let rest = batch.split_off(batch.len().min(MAX_BATCH));
-            let hits = self.decide(&batch).await;
-            for (p, hit) in std::mem::replace(&mut batch, rest).into_iter().zip(hits) {
-                let _ = p.answer.send(hit);
+            let (decisions, answers): (Vec<_>, Vec<_>) = batch
+                .drain(..batch.len().min(MAX_BATCH))
+                .map(|p| (p.decision, p.answer))
+                .unzip();
+            for (answer, hit) in answers.into_iter().zip(self.decide(decisions).await) {
+                let _ = answer.send(hit);
             }
         }
     }
 
     /// Runs [`WINDOW`] for `batch`: one result per decision, in order.
-    async fn decide(&self, batch: &[Pending]) -> Vec<StoreResult<WindowHit>> {
-        let mut keys = Vec::with_capacity(batch.len());
-        let mut args: Vec<fred::types::Value> = Vec::with_capacity(batch.len() * 4);
-        for p in batch {
-            keys.push(p.key.clone());
-            args.push(match p.kind {
+    async fn decide(&self, batch: Vec<Decision>) -> Vec<StoreResult<WindowHit>> {
+        let n = batch.len();
+        let mut keys = Vec::with_capacity(n);
+        let mut args: Vec<fred::types::Value> = Vec::with_capacity(n * 4);
+        for d in batch {
+            keys.push(d.key);
+            args.push(match d.kind {
                 WindowKind::Sliding => "s".into(),
                 WindowKind::Fixed => "f".into(),
             });
-            args.push((p.limit.min(i64::MAX as u64) as i64).into());
-            args.push(p.window_ms.into());
+            args.push((d.limit.min(i64::MAX as u64) as i64).into());
+            args.push(d.window_ms.into());
             // Makes the sorted-set member unique when two hits share a microsecond.
             args.push(format!("{:016x}", rand::random::<u64>()).into());
         }
@@ -390,8 +395,8 @@ impl RedisStore {
             .eval::<fred::types::Value>(&self.scripts.window, keys, args)
             .await
         {
-            Ok(reply) => window_replies(reply, batch.len()),
-            Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+            Ok(reply) => window_replies(reply, n),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
         }
     }
 }
@@ -419,10 +424,12 @@ fn window_replies(reply: fred::types::Value, n: usize) -> Vec<StoreResult<Window
     let mut errors = errors
         .into_iter()
         .map(|e| e.as_string().unwrap_or_default());
-    hits.chunks(3)
-        .map(|c| match c {
+    hits.as_chunks::<3>()
+        .0
+        .iter()
+        .map(|&c| match c {
             [-1, ..] => Err(StoreError::Refused(errors.next().unwrap_or_default())),
-            _ => window_hit(c),
+            _ => Ok(window_hit(c)),
         })
         .collect()
 }
@@ -570,19 +577,21 @@ impl Store for RedisStore {
         kind: WindowKind,
     ) -> StoreFuture<'a, WindowHit> {
         Box::pin(async move {
-            let (answer, answered) = tokio::sync::oneshot::channel();
-            let pending = Pending {
+            let decision = Decision {
                 key: key.to_string(),
                 kind,
                 limit,
                 window_ms: ttl_ms(window),
-                answer,
             };
             if !self.batch {
-                let batch = [pending];
-                return self.decide(&batch).await.pop().expect("one decision");
+                return self
+                    .decide(vec![decision])
+                    .await
+                    .pop()
+                    .expect("one decision");
             }
-            if self.windows.push(pending) {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            if self.windows.push(Pending { decision, answer }) {
                 let mut send = SendOnDrop(Some(self));
                 tokio::task::yield_now().await;
                 send.0 = None;
