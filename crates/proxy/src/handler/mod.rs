@@ -10,6 +10,9 @@
 //!    `X-Request-ID`; the body streams back under the request deadline (not for
 //!    `text/event-stream`), holding the in-flight permits and the plugin session until it
 //!    ends, when `on-log` runs.
+//!
+//! Here the pipeline itself; in `phases` the plugins' phases around it, in `trace` the
+//! request's spans, in `workers` the worker list endpoint.
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,6 +35,17 @@ use crate::plugins;
 use crate::trace_context::TraceParent;
 use crate::{Gateway, Snapshot};
 use wasmgate_plugin_host::{Decision, RequestSession};
+
+mod phases;
+mod trace;
+mod workers;
+
+use phases::{
+    buffered_body_phase, error_answer, local_answer, request_phase, RequestPhase, Session,
+};
+use trace::{finish_trace, start_trace};
+pub use workers::WORKERS_ROUTE;
+use workers::{workers_endpoint, WORKERS_ROUTE_NAME};
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -187,103 +201,6 @@ impl AccessInfo {
     ) -> Option<&'a mut wasmgate_plugin_host::PluginOutcomes> {
         (snap.config.log.access_log || self.trace.is_some()).then_some(&mut self.plugins)
     }
-}
-
-/// Starts the request's server span (under the caller's `traceparent`) when the trace is
-/// sampled; the session then times its plugin calls.
-fn start_trace(
-    otel: &crate::otel::Otel,
-    headers: &http::HeaderMap,
-    method: &http::Method,
-    started: std::time::Instant,
-    info: &mut AccessInfo,
-) {
-    let incoming = headers
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
-    let clock = (started, std::time::SystemTime::now());
-    info.trace = otel
-        .request_span(incoming, method.as_str(), clock.1)
-        .map(|cx| (cx, clock));
-    info.plugins.timed = info.trace.is_some();
-}
-
-/// At the response head of a traced request (nothing when it is not traced): records a span
-/// per plugin call (from the session's timings) and the HTTP attributes of the upstream
-/// call's and the request's spans, which stay open until the response body ends (the
-/// returned [`SpanEnd`](crate::otel::SpanEnd)) so that they cover the whole response and get
-/// the GenAI attributes the bodies carry.
-fn finish_trace(
-    otel: &crate::otel::Otel,
-    info: &mut AccessInfo,
-    method: &http::Method,
-    path: &str,
-    status: u16,
-    error: Option<&'static str>,
-    genai: Option<(&'static str, crate::genai::SharedFacts)>,
-) -> Option<crate::otel::SpanEnd> {
-    use opentelemetry::trace::{Status, TraceContextExt};
-    use opentelemetry::KeyValue;
-    let (cx, clock) = info.trace.take()?;
-    for call in &info.plugins.calls {
-        let name = info.plugins.plugin_name(call.plugin).to_owned();
-        let start = crate::otel::wall(call.start, clock);
-        otel.plugin_span(
-            &cx,
-            format!("plugin {name} {}", call.phase),
-            vec![
-                KeyValue::new("wasmgate.plugin.name", name),
-                KeyValue::new("wasmgate.plugin.phase", call.phase),
-                KeyValue::new("wasmgate.plugin.failed", call.failed),
-            ],
-            start,
-            start + call.duration,
-        );
-    }
-    let upstream_cx = info.upstream_trace.take();
-    if let Some(up) = &upstream_cx {
-        let span = up.span();
-        if let Some(target) = &info.target {
-            span.set_attribute(KeyValue::new("server.address", target.host().to_owned()));
-            if let Some(port) = target.port_u16() {
-                span.set_attribute(KeyValue::new("server.port", i64::from(port)));
-            }
-        }
-        span.set_attribute(KeyValue::new("http.request.method", method.to_string()));
-        span.set_attribute(KeyValue::new("wasmgate.attempts", i64::from(info.attempts)));
-        match info.upstream_time {
-            Some(_) => span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            )),
-            None => span.set_status(Status::error(error.unwrap_or("upstream_error"))),
-        }
-    }
-    let span = cx.span();
-    let route = info.route.as_deref().unwrap_or("");
-    span.update_name(format!("{method} {route}").trim_end().to_owned());
-    let mut attributes = vec![
-        KeyValue::new("http.request.method", method.to_string()),
-        KeyValue::new("url.path", path.to_owned()),
-        KeyValue::new("http.route", route.to_owned()),
-        KeyValue::new("http.response.status_code", i64::from(status)),
-    ];
-    if let Some(code) = error {
-        attributes.push(KeyValue::new("error.type", code));
-    }
-    if let Some((op, _)) = &genai {
-        attributes.push(KeyValue::new("gen_ai.operation.name", *op));
-    }
-    span.set_attributes(attributes);
-    if status >= 500 {
-        span.set_status(Status::error(error.unwrap_or("server error")));
-    }
-    Some(crate::otel::SpanEnd {
-        server: cx,
-        upstream: upstream_cx,
-        genai,
-    })
 }
 
 static GATEWAY_ROUTE: std::sync::LazyLock<Arc<str>> =
@@ -665,257 +582,6 @@ where
         }
     };
     Ok(Response::from_parts(rparts, body))
-}
-
-/// What the request-headers phase decided.
-enum RequestPhase {
-    /// No active plugin on the route.
-    NoPlugins,
-    /// Go on to the upstream, to the hinted target if a plugin named one.
-    Continue(RequestSession, Option<String>),
-    /// A plugin answered.
-    Answered(
-        RequestSession,
-        wasmgate_plugin_host::bindings::LocalResponse,
-    ),
-}
-
-/// Runs the route's plugins (of `route`, in front of `upstream`) on the request head
-/// (`parts.headers` get their changes); a fail-closed failure is the request's error. `record`
-/// gets what each plugin did when the access log is on.
-async fn request_phase(
-    gw: &Gateway,
-    snap: &Snapshot,
-    conn: &ConnInfo,
-    parts: &mut http::request::Parts,
-    (route, upstream): (&Arc<str>, Option<&Arc<crate::upstream::Upstream>>),
-    request_id: &HeaderValue,
-    record: Option<&mut wasmgate_plugin_host::PluginOutcomes>,
-) -> Result<RequestPhase> {
-    let Some(runtime) = gw.plugins() else {
-        return Ok(RequestPhase::NoPlugins);
-    };
-    let client = snap.client_ip(conn.peer.ip(), &parts.headers);
-    let Some(mut s) = runtime.session(route, || {
-        plugins::request_state(parts, route, client, request_id, upstream)
-    }) else {
-        return Ok(RequestPhase::NoPlugins);
-    };
-    if record.as_ref().is_some_and(|r| r.timed) {
-        s.time_calls();
-    }
-    let decision = s.request_headers().await;
-    parts.headers = std::mem::take(&mut s.state.headers);
-    if let Some(r) = record {
-        s.record_outcomes(r);
-    }
-    match decision {
-        Err(f) => {
-            let rid = headers::request_id_str(request_id);
-            tracing::warn!(plugin = %f.plugin, failure = %f.failure, request_id = rid, "plugin failed (fail-closed)");
-            Err(ProxyError::Plugin(f.plugin))
-        }
-        Ok(Decision::Respond(local)) => Ok(RequestPhase::Answered(s, local)),
-        Ok(Decision::Continue { upstream_hint }) => Ok(RequestPhase::Continue(s, upstream_hint)),
-    }
-}
-
-/// Reads the whole request body (at most `max` bytes) through the plugins' `on-request-body`
-/// — once per chunk, then once empty at the end — for plugins that need all of it before the
-/// upstream request. `Ok(Err(local))` is a plugin's answer.
-async fn buffered_body_phase<B>(
-    s: &mut RequestSession,
-    body: B,
-    max: u64,
-) -> Result<std::result::Result<Bytes, wasmgate_plugin_host::bindings::LocalResponse>>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let mut body = std::pin::pin!(body);
-    let mut buf = bytes::BytesMut::new();
-    let plugin_failed = |f: wasmgate_plugin_host::PluginFailure| ProxyError::Plugin(f.plugin);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ProxyError::BadRequest(format!("reading the request body: {}", e.into()))
-        })?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if buf.len() as u64 + data.len() as u64 > max {
-            return Err(ProxyError::PayloadTooLarge(max));
-        }
-        if let Some(local) = s.request_body(&data, false).await.map_err(plugin_failed)? {
-            return Ok(Err(local));
-        }
-        buf.extend_from_slice(&data);
-    }
-    if let Some(local) = s.request_body(&[], true).await.map_err(plugin_failed)? {
-        return Ok(Err(local));
-    }
-    Ok(Ok(buf.freeze()))
-}
-
-/// A request's plugin session: owned by the request path, or shared with the body wrappers
-/// when a plugin implements a body phase.
-enum Session {
-    Owned(RequestSession),
-    Shared(SharedSession),
-}
-
-impl Session {
-    /// Whether a plugin still wants this response's body (a busy shared session: assume so).
-    fn wants_response_body(&self) -> bool {
-        match self {
-            Session::Owned(s) => s.wants_response_body(),
-            Session::Shared(s) => s.try_lock().map_or(true, |s| s.wants_response_body()),
-        }
-    }
-
-    /// The empty end-of-stream `on-response-body` call of a response without a body.
-    async fn end_of_response_body(
-        &mut self,
-    ) -> std::result::Result<(), wasmgate_plugin_host::PluginFailure> {
-        match self {
-            Session::Owned(s) => s.response_body(Vec::new(), true).await.map(drop),
-            Session::Shared(s) => s
-                .lock()
-                .await
-                .response_body(Vec::new(), true)
-                .await
-                .map(drop),
-        }
-    }
-
-    /// The response-headers phase; `record` gets what each plugin did (for the access log).
-    async fn response_headers(
-        &mut self,
-        status: u16,
-        headers: &mut http::HeaderMap,
-        record: Option<&mut wasmgate_plugin_host::PluginOutcomes>,
-    ) -> std::result::Result<(), wasmgate_plugin_host::PluginFailure> {
-        let run = async |s: &mut RequestSession| {
-            let r = s.response_headers(status, headers).await;
-            if let Some(rec) = record {
-                s.record_outcomes(rec);
-            }
-            r
-        };
-        match self {
-            Session::Owned(s) => run(s).await,
-            Session::Shared(s) => run(&mut *s.lock().await).await,
-        }
-    }
-}
-
-/// The gateway's own error for a request the plugins already saw (the upstream failed or timed
-/// out, the body was too large): its response goes through their response phase like any
-/// other, so CORS, security and rate-limit headers are on it too, as Envoy's local replies pass
-/// its encoder filters. A plugin's own failure, or no session, gives the plain error.
-async fn error_answer(
-    session: Option<Session>,
-    e: ProxyError,
-    request_id: &HeaderValue,
-    permits: (Option<InFlightPermit>, Option<InFlightPermit>),
-    info: &mut AccessInfo,
-    snap: &Snapshot,
-) -> Result<Response<ProxyBody>> {
-    let Some(session) = session.filter(|_| !matches!(e, ProxyError::Plugin(_))) else {
-        return Err(e);
-    };
-    info.error = Some(e.code());
-    let resp = error_response(&e, headers::request_id_str(request_id));
-    answer(Some(session), resp, request_id, permits, info.record(snap)).await
-}
-
-/// A local answer (a plugin's, or the gateway's own on a local route): run the response phase
-/// on it, then send it.
-async fn local_answer(
-    session: Option<Session>,
-    local: wasmgate_plugin_host::bindings::LocalResponse,
-    request_id: &HeaderValue,
-    permits: (Option<InFlightPermit>, Option<InFlightPermit>),
-    record: Option<&mut wasmgate_plugin_host::PluginOutcomes>,
-) -> Result<Response<ProxyBody>> {
-    let resp = plugins::local_response(local);
-    answer(session, resp, request_id, permits, record).await
-}
-
-/// Sends a response the gateway made (a local answer or an error) through the plugins'
-/// response phase; the session and permits live until its body is sent.
-async fn answer(
-    mut session: Option<Session>,
-    resp: Response<ProxyBody>,
-    request_id: &HeaderValue,
-    permits: (Option<InFlightPermit>, Option<InFlightPermit>),
-    record: Option<&mut wasmgate_plugin_host::PluginOutcomes>,
-) -> Result<Response<ProxyBody>> {
-    let (mut parts, body) = resp.into_parts();
-    if let Some(session) = session.as_mut() {
-        session
-            .response_headers(parts.status.as_u16(), &mut parts.headers, record)
-            .await
-            .map_err(|f| ProxyError::Plugin(f.plugin))?;
-    }
-    parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    let guard = (permits.0, permits.1, session);
-    let body = ResponseBody::new(body, None, guard).boxed_unsync();
-    Ok(Response::from_parts(parts, body))
-}
-
-/// The route name plugins see on the worker list endpoint.
-pub const WORKERS_ROUTE: &str = "workers";
-
-static WORKERS_ROUTE_NAME: std::sync::LazyLock<Arc<str>> =
-    std::sync::LazyLock::new(|| Arc::from(WORKERS_ROUTE));
-
-/// `GET` the worker list (`workers.endpoint`, `/api/v1/workers` by default): the active GPU
-/// workers from the registry. It is a local route named `workers`: the plugins of every route
-/// (auth, rate limits) run on it as on any other, then the gateway answers instead of an
-/// upstream.
-async fn workers_endpoint<B>(
-    gw: &Gateway,
-    snap: &Snapshot,
-    req: Request<B>,
-    conn: &ConnInfo,
-    request_id: &HeaderValue,
-    permit: Option<InFlightPermit>,
-    mut record: Option<&mut wasmgate_plugin_host::PluginOutcomes>,
-) -> Result<Response<ProxyBody>> {
-    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
-        return Err(ProxyError::MethodNotAllowed);
-    }
-    let (mut parts, _body) = req.into_parts();
-    remove_hop_by_hop(&mut parts.headers);
-    headers::remove_gateway_claims(&mut parts.headers);
-    let route = &*WORKERS_ROUTE_NAME;
-    let rec = record.as_deref_mut();
-    let phase = request_phase(gw, snap, conn, &mut parts, (route, None), request_id, rec).await?;
-    let session = match phase {
-        RequestPhase::Answered(s, local) => {
-            let s = Some(Session::Owned(s));
-            return local_answer(s, local, request_id, (permit, None), record).await;
-        }
-        RequestPhase::Continue(s, _) => Some(Session::Owned(s)),
-        RequestPhase::NoPlugins => None,
-    };
-    let workers = gw.services().workers.active();
-    let body = serde_json::json!({"workers": workers, "total": workers.len()});
-    let local = wasmgate_plugin_host::bindings::LocalResponse {
-        status: 200,
-        headers: vec![
-            wasmgate_plugin_host::bindings::Header {
-                name: "content-type".into(),
-                value: "application/json".into(),
-            },
-            wasmgate_plugin_host::bindings::Header {
-                name: "cache-control".into(),
-                value: "no-store".into(),
-            },
-        ],
-        body: body.to_string().into_bytes(),
-    };
-    local_answer(session, local, request_id, (permit, None), record).await
 }
 
 /// The error for a failed attempt on `target`.
