@@ -27,14 +27,9 @@ use tokio::time::Instant;
 use crate::body::{empty, full, BoxError, LimitedBody, ProxyBody, ResponseBody, UnsentBody};
 use crate::error::{error_response, ProxyError, Result};
 use crate::headers::{self, remove_hop_by_hop, X_REQUEST_ID};
-use crate::limit::InFlightPermit;
-use crate::plugin_body::{
-    BodyVerdict, PluginRequestBody, PluginResponseBody, SharedSession, VerdictSlot,
-};
-use crate::plugins;
+use crate::plugin_body::{BodyVerdict, PluginRequestBody, PluginResponseBody, VerdictSlot};
 use crate::trace_context::TraceParent;
 use crate::{Gateway, Snapshot};
-use wasmgate_plugin_host::{Decision, RequestSession};
 
 mod phases;
 mod trace;

@@ -1,6 +1,22 @@
 //! The plugins' phases around the proxying: the request head, a buffered request body, and
 //! the response phase of the answers the gateway makes itself (local answers, errors).
-use super::*;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::Response;
+use http_body::Body;
+use http_body_util::BodyExt;
+
+use super::{AccessInfo, ConnInfo};
+use crate::body::{BoxError, ProxyBody, ResponseBody};
+use crate::error::{error_response, ProxyError, Result};
+use crate::headers::{self, X_REQUEST_ID};
+use crate::limit::InFlightPermit;
+use crate::plugin_body::SharedSession;
+use crate::plugins;
+use crate::{Gateway, Snapshot};
+use wasmgate_plugin_host::{Decision, RequestSession};
 
 /// What the request-headers phase decided.
 pub(super) enum RequestPhase {

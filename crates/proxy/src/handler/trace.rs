@@ -1,5 +1,6 @@
 //! The request's spans: started when the trace is sampled, finished at the response head.
-use super::*;
+use super::{AccessInfo, TRACEPARENT};
+use crate::trace_context::TraceParent;
 
 /// Starts the request's server span (under the caller's `traceparent`) when the trace is
 /// sampled; the session then times its plugin calls.

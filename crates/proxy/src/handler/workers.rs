@@ -1,5 +1,16 @@
 //! The worker list endpoint: a local route the plugins run on.
-use super::*;
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+
+use super::phases::{local_answer, request_phase, RequestPhase, Session};
+use super::ConnInfo;
+use crate::body::ProxyBody;
+use crate::error::{ProxyError, Result};
+use crate::headers::{self, remove_hop_by_hop};
+use crate::limit::InFlightPermit;
+use crate::{Gateway, Snapshot};
 
 /// The route name plugins see on the worker list endpoint.
 pub const WORKERS_ROUTE: &str = "workers";

@@ -1,6 +1,9 @@
 //! Rate-limit window decisions on Redis: the [`WINDOW`] script, and decisions made at the same
 //! moment sent together as one `EVALSHA` ([`WindowBatch`]).
-use super::*;
+use std::time::Duration;
+
+use super::{ttl_ms, RedisStore};
+use crate::{StoreError, StoreResult, WindowHit, WindowKind};
 
 /// Window decisions, one per key (several when decisions made at the same moment go out
 /// together: [`WindowBatch`]), in order, atomically. KEYS: the windows. ARGV, four per key:

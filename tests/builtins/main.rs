@@ -1,14 +1,11 @@
-//! The built-in plugins through the real gateway (docs/plugins/), one module per plugin
-//! (tests/builtins/): one test binary.
+//! The built-in plugins through the real gateway (docs/plugins/), one module per plugin: one
+//! test binary.
+#[path = "../common/mod.rs"]
 mod common;
 
-#[path = "builtins/auth.rs"]
 mod auth;
-#[path = "builtins/headers.rs"]
 mod headers;
-#[path = "builtins/jwt.rs"]
 mod jwt;
-#[path = "builtins/rate_limit.rs"]
 mod rate_limit;
 
 use common::{client, expect_error, json, tempdir, GatewayProcess};
