@@ -340,3 +340,57 @@ pub async fn run_load_with(
         requests: all.len() as u64,
     }
 }
+
+/// The guest's cpuidle halt-poll window, for the load benchmarks on a virtual machine:
+/// `/sys/module/haltpoll/parameters/guest_halt_poll_ns`, how long an idle vCPU polls before
+/// it halts. The kernel's default is 200 000 ns; a guest booted with
+/// `haltpoll.guest_halt_poll_ns=0` halts at once, and then every write that wakes a thread on
+/// the other, halted vCPU costs the writer an IPI, a VM exit (see docs/performance.md,
+/// "Built-in chain end to end"). [`HaltPoll::open`] remembers the value it finds and puts it
+/// back when dropped, unwinding included.
+pub struct HaltPoll {
+    path: &'static str,
+    booted: u64,
+}
+
+impl HaltPoll {
+    const PATH: &'static str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
+
+    /// The window as found, if this is a haltpoll guest and the file can be written (root).
+    pub fn open() -> Option<Self> {
+        let booted = std::fs::read_to_string(Self::PATH)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let me = Self {
+            path: Self::PATH,
+            booted,
+        };
+        me.set(booted).ok()?;
+        Some(me)
+    }
+
+    /// The window found when opened, in ns.
+    pub fn booted(&self) -> u64 {
+        self.booted
+    }
+
+    /// Sets the window, in ns.
+    pub fn set(&self, ns: u64) -> std::io::Result<()> {
+        std::fs::write(self.path, ns.to_string())
+    }
+
+    /// The window now, in ns.
+    pub fn current(&self) -> Option<u64> {
+        std::fs::read_to_string(self.path).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for HaltPoll {
+    fn drop(&mut self) {
+        if let Err(e) = self.set(self.booted) {
+            eprintln!("could not restore {} to {}: {e}", self.path, self.booted);
+        }
+    }
+}
