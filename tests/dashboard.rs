@@ -98,7 +98,8 @@ async fn the_dashboard_renders_routes_targets_plugins_and_workers_in_chromium() 
     })
     .await
     .unwrap();
-    let dead = format!("http://127.0.0.1:{}", wasmgate_testkit::free_port());
+    let refusing = wasmgate_testkit::RefusingTarget::bind();
+    let dead = refusing.url();
     let gw = gateway()
         .route("/v1", "llm", &[up.url(), dead.clone()])
         .redis(&redis.url())

@@ -397,7 +397,8 @@ async fn healthcheck_passes_on_a_live_gateway_and_fails_on_an_unhealthy_or_absen
     let file = dir.join("gw.toml");
     // The only target refuses connections and is health-checked: the gateway is alive but
     // unhealthy (no upstream has a healthy target).
-    let dead = wasmgate_testkit::free_port();
+    let refusing = wasmgate_testkit::RefusingTarget::bind();
+    let dead = refusing.port();
     std::fs::write(
         &file,
         format!(

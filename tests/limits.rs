@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use common::{client, expect_error};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wasmgate_testkit::{free_port, gateway, upstream};
+use wasmgate_testkit::{gateway, upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_in_flight_cap_answers_503_and_health_still_answers() {
@@ -205,7 +205,8 @@ async fn garbage_on_the_socket_gets_400_and_the_gateway_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_is_502_and_does_not_leak_the_address() {
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let refusing = wasmgate_testkit::RefusingTarget::bind();
+    let dead = refusing.url();
     let gw = gateway()
         .route("/", "dead", &[dead])
         .config(|c| {

@@ -3,7 +3,7 @@ mod common;
 
 use common::{client, expect_error};
 use wasmgate_config::Secret;
-use wasmgate_testkit::{free_port, gateway, upstream};
+use wasmgate_testkit::{gateway, upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_healthy_degraded_or_unhealthy_with_probes_for_kubernetes() {
@@ -124,7 +124,8 @@ async fn the_effective_configuration_needs_the_admin_token_and_shows_no_secret()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_upstreams_and_plugins_with_bounded_labels() {
     let up = upstream().spawn().await;
-    let dead = format!("http://127.0.0.1:{}", free_port()); // nothing listens
+    let refusing = wasmgate_testkit::RefusingTarget::bind();
+    let dead = refusing.url(); // nothing listens
     let gw = gateway()
         .route("/dead", "dead", std::slice::from_ref(&dead))
         .route("/", "default", &[up.url()])

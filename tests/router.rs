@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{client, eventually, expect_error};
 use fred::interfaces::KeysInterface;
 use wasmgate_config::{Config, RouterStrategy, TargetTags};
-use wasmgate_testkit::{free_port, gateway, upstream, RedisServer};
+use wasmgate_testkit::{gateway, upstream, RedisServer};
 
 fn tag(c: &mut Config, target: &str, region: Option<&str>, workers: &[&str]) {
     c.upstreams.get_mut("default").unwrap().target_tags.insert(
@@ -94,7 +94,8 @@ async fn health_checks_eject_a_failing_target_and_restore_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_failure_is_retried_on_another_target_with_the_body() {
-    let down = format!("http://127.0.0.1:{}", free_port()); // nothing listens
+    let refusing = wasmgate_testkit::RefusingTarget::bind();
+    let down = refusing.url(); // nothing listens
     let up = upstream().spawn().await;
     let gw = gateway()
         .route("/", "default", &[down.clone(), up.url()])

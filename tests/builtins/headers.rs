@@ -174,7 +174,8 @@ async fn the_gateways_own_errors_get_the_plugins_response_headers() {
         .slow("/slow", std::time::Duration::from_secs(3))
         .spawn()
         .await;
-    let dead = format!("http://127.0.0.1:{}", wasmgate_testkit::free_port());
+    let refusing = wasmgate_testkit::RefusingTarget::bind();
+    let dead = refusing.url();
     let gw = gateway()
         .route("/dead", "dead", &[dead])
         .route("/slow", "slow", &[slow.url()])

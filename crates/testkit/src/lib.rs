@@ -31,6 +31,40 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
+/// A target where nothing listens, for as long as the guard lives: a socket bound to a port
+/// on 127.0.0.1 that never listens, so a connect is refused at once, and no other test's
+/// listener can be given the port meanwhile (as a released [`free_port`] can be, which turns
+/// a dead target into a live one under parallel tests).
+pub struct RefusingTarget {
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl RefusingTarget {
+    /// Binds it (no `SO_REUSEADDR`, so no other socket can share the port).
+    pub fn bind() -> RefusingTarget {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind 127.0.0.1:0");
+        let port = socket.local_addr().expect("bound address").port();
+        RefusingTarget {
+            _socket: socket,
+            port,
+        }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 /// Installs the ring crypto provider as the process default (idempotent), for rustls users
 /// in tests such as reqwest built with `rustls-no-provider`.
 pub fn install_crypto_provider() {
