@@ -130,17 +130,18 @@ fn main() {
     }
     // BENCH_HALT_POLL_NS=200000 (a haltpoll guest, run as root): every round runs twice,
     // with the guest's halt-poll window as booted and with this one, alternating which goes
-    // first, and each setting gets its own figures (see docs/performance.md on why it matters
-    // on a VM). The window is put back when the bench ends.
-    let halt = std::env::var("BENCH_HALT_POLL_NS").ok().map(|v| {
-        let ns: u64 = v.parse().expect("BENCH_HALT_POLL_NS: a number of ns");
-        let h = HaltPoll::open()
-            .expect("BENCH_HALT_POLL_NS needs a haltpoll guest and write access to its window");
-        (h, ns)
-    });
-    let settings: Vec<Option<u64>> = match &halt {
-        Some((h, ns)) => vec![Some(h.booted()), Some(*ns)],
-        None => vec![None],
+    // first, and each setting gets its own figures (docs/performance.md: whether it matters on
+    // a VM). `settings` are the windows (`None`: leave the machine as it is); `halt` puts the
+    // booted one back when the bench ends.
+    let (halt, settings) = match std::env::var("BENCH_HALT_POLL_NS") {
+        Ok(v) => {
+            let ns: u64 = v.parse().expect("BENCH_HALT_POLL_NS: a number of ns");
+            let h = HaltPoll::open()
+                .expect("BENCH_HALT_POLL_NS needs a haltpoll guest and write access to its window");
+            let booted = h.booted();
+            (Some(h), vec![Some(booted), Some(ns)])
+        }
+        Err(_) => (None, vec![None]),
     };
     let label = |s: Option<u64>| {
         s.map(|ns| format!(" [halt poll {ns} ns]"))
@@ -150,7 +151,7 @@ fn main() {
     for round in 0..rounds {
         for i in 0..settings.len() {
             let k = (round + i) % settings.len();
-            if let (Some((h, _)), Some(ns)) = (&halt, settings[k]) {
+            if let (Some(h), Some(ns)) = (&halt, settings[k]) {
                 h.set(ns).expect("set the halt-poll window");
             }
             let r: Vec<_> = targets

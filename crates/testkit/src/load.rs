@@ -343,30 +343,27 @@ pub async fn run_load_with(
 
 /// The guest's cpuidle halt-poll window, for the load benchmarks on a virtual machine:
 /// `/sys/module/haltpoll/parameters/guest_halt_poll_ns`, how long an idle vCPU polls before
-/// it halts. The kernel's default is 200 000 ns; a guest booted with
-/// `haltpoll.guest_halt_poll_ns=0` halts at once, and then every write that wakes a thread on
-/// the other, halted vCPU costs the writer an IPI, a VM exit (see docs/performance.md,
-/// "Built-in chain end to end"). [`HaltPoll::open`] remembers the value it finds and puts it
-/// back when dropped, unwinding included.
+/// it halts (the kernel's default is 200 000 ns; this machine boots with 0). A halted vCPU
+/// costs whoever wakes it an IPI, a VM exit; `builtins_load` runs its rounds with both windows
+/// side by side to show whether that moves a ratio (docs/performance.md, "Built-in chain end
+/// to end"). [`HaltPoll::open`] remembers the window it finds and puts it back when dropped,
+/// unwinding included.
 pub struct HaltPoll {
-    path: &'static str,
     booted: u64,
 }
 
 impl HaltPoll {
     const PATH: &'static str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
 
-    /// The window as found, if this is a haltpoll guest and the file can be written (root).
+    /// The window as found, if this is a haltpoll guest and the file can be written (root:
+    /// writing the value back is the check).
     pub fn open() -> Option<Self> {
         let booted = std::fs::read_to_string(Self::PATH)
             .ok()?
             .trim()
             .parse()
             .ok()?;
-        let me = Self {
-            path: Self::PATH,
-            booted,
-        };
+        let me = Self { booted };
         me.set(booted).ok()?;
         Some(me)
     }
@@ -378,19 +375,14 @@ impl HaltPoll {
 
     /// Sets the window, in ns.
     pub fn set(&self, ns: u64) -> std::io::Result<()> {
-        std::fs::write(self.path, ns.to_string())
-    }
-
-    /// The window now, in ns.
-    pub fn current(&self) -> Option<u64> {
-        std::fs::read_to_string(self.path).ok()?.trim().parse().ok()
+        std::fs::write(Self::PATH, ns.to_string())
     }
 }
 
 impl Drop for HaltPoll {
     fn drop(&mut self) {
         if let Err(e) = self.set(self.booted) {
-            eprintln!("could not restore {} to {}: {e}", self.path, self.booted);
+            eprintln!("could not restore {} to {}: {e}", Self::PATH, self.booted);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The configuration model. Every struct refuses unknown keys; every field has a default,
 //! so an empty file is a valid (if useless) configuration. docs/configuration.md documents
-//! each key.
+//! each key. The built-ins' sections and `[workers]` are in `builtins.rs`.
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

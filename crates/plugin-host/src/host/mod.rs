@@ -2,9 +2,9 @@
 //!
 //! One instance serves one request at a time, so the request it is serving lives in the
 //! store (moved in before a phase call and out after: headers are never copied), and the
-//! `request` imports read and change it directly ([`request`](self::request)). The `kv`
-//! imports are in `kv`, the smaller ones (crypto, workers, upstream, log, metrics, clock) in
-//! `imports`.
+//! `request` imports read and change it directly (`request.rs`). The `kv` imports are in
+//! `kv.rs`, the smaller ones (crypto, workers, upstream, log, metrics, clock) in
+//! `imports.rs`.
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};

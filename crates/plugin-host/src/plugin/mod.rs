@@ -1,5 +1,6 @@
 //! A loaded plugin: its compiled component, settings, per-tenant instance pools, statistics
-//! and state (active, disabled by an operator, or failed: disabled after repeated traps).
+//! and state (active, disabled by an operator, or failed: disabled after repeated traps). The
+//! types that describe it (source, phases, state, failures, statistics) are in `status.rs`.
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
