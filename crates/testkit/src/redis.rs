@@ -9,6 +9,10 @@ use fred::interfaces::{ClientLike, KeysInterface};
 use fred::monitor::MonitorCommand;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// How many ports [`RedisServer::start_with`] tries, and how often
+/// [`RedisServer::restart`] tries its own.
+const START_ATTEMPTS: usize = 5;
+
 /// A `redis-server` child process on `127.0.0.1`.
 pub struct RedisServer {
     port: u16,
@@ -35,16 +39,30 @@ impl RedisServer {
 
     /// Starts `redis-server` with extra arguments (after the test kit's own).
     pub async fn start_with(extra: Vec<String>) -> RedisServer {
+        RedisServer::start_on(std::iter::repeat_with(crate::free_port), extra).await
+    }
+
+    /// Starts `redis-server` on the first of `ports` it can bind (at most [`START_ATTEMPTS`]).
+    /// A port [`crate::free_port`] gives is free when asked, but a parallel test may bind it
+    /// before `redis-server` does: the server then exits at once, and the next port is tried.
+    async fn start_on(ports: impl Iterator<Item = u16>, extra: Vec<String>) -> RedisServer {
         let mut r = RedisServer {
-            port: crate::free_port(),
+            port: 0,
             child: None,
             extra,
         };
-        r.spawn().await;
-        r
+        for port in ports.take(START_ATTEMPTS) {
+            r.port = port;
+            if r.spawn().await {
+                return r;
+            }
+        }
+        panic!("redis-server did not start: each of {START_ATTEMPTS} ports was taken");
     }
 
-    async fn spawn(&mut self) {
+    /// Starts `redis-server` on `self.port` and waits until it answers `PING`; false when it
+    /// exited instead (it could not bind the port).
+    async fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -71,8 +89,14 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            if self.exited() {
+                return false;
+            }
             if self.ping().await {
-                return;
+                // Another test's server on the port answers too: ours is the one still
+                // running once its own bind has had time to fail.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return !self.exited();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -80,6 +104,18 @@ impl RedisServer {
             "redis-server on port {} did not answer PING within 10 s",
             self.port
         );
+    }
+
+    /// The child has exited (it is then dropped).
+    fn exited(&mut self) -> bool {
+        let gone = self
+            .child
+            .as_mut()
+            .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+        if gone {
+            self.child = None;
+        }
+        gone
     }
 
     /// True when the server answers `PING`.
@@ -150,10 +186,16 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port.
+    /// Starts it again on the same port (a few tries: the port was just released).
     pub async fn restart(&mut self) {
         self.stop();
-        self.spawn().await;
+        for _ in 0..START_ATTEMPTS {
+            if self.spawn().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("redis-server did not start again on port {}", self.port);
     }
 }
 
@@ -407,5 +449,26 @@ impl Drop for RedisSentinel {
         let _ = self.sentinel.kill();
         let _ = self.sentinel.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedisServer;
+
+    /// A port someone else holds (a listener that never answers, or another test's Redis) is
+    /// given up for the next one, instead of waiting 10 s for a PING or sharing that server.
+    #[tokio::test]
+    async fn a_taken_port_is_given_up_for_the_next() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let held = listener.local_addr().unwrap().port();
+        let other = RedisServer::start().await;
+        for taken in [held, other.port()] {
+            let ports = std::iter::once(taken).chain(std::iter::repeat_with(crate::free_port));
+            let r = RedisServer::start_on(ports, Vec::new()).await;
+            assert_ne!(r.port(), taken);
+            assert!(r.ping().await);
+        }
+        assert!(other.ping().await, "the other server is left alone");
     }
 }
