@@ -383,51 +383,24 @@ impl std::fmt::Debug for RedisSentinel {
 
 impl RedisSentinel {
     /// Starts the primary and the sentinel, and waits until the sentinel knows the primary.
+    /// The sentinel moves to the next free port when a parallel test took its own (at most
+    /// [`START_ATTEMPTS`] ports), as [`RedisServer::start`] does.
     pub async fn start() -> RedisSentinel {
         let primary = RedisServer::start().await;
-        let port = crate::free_port();
         let dir = std::env::temp_dir().join(format!("wasmgate-sentinel-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let conf = dir.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\nprotected-mode no\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 2000\n",
-                primary.port()
-            ),
-        )
-        .unwrap();
-        let sentinel = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server --sentinel");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let reply = redis_cli(&[
-                "-p",
-                &port.to_string(),
-                "sentinel",
-                "get-master-addr-by-name",
-                "mymaster",
-            ]);
-            if reply.contains(&primary.port().to_string()) {
-                break;
+        for _ in 0..START_ATTEMPTS {
+            let port = crate::free_port();
+            if let Some(sentinel) = start_sentinel(&dir, port, primary.port()).await {
+                return RedisSentinel {
+                    primary,
+                    sentinel,
+                    port,
+                    dir,
+                };
             }
-            assert!(
-                Instant::now() < deadline,
-                "the sentinel did not start within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        RedisSentinel {
-            primary,
-            sentinel,
-            port,
-            dir,
-        }
+        panic!("the sentinel did not start: each of {START_ATTEMPTS} ports was taken");
     }
 
     /// `redis-sentinel://127.0.0.1:PORT?sentinelServiceName=mymaster`.
@@ -441,6 +414,48 @@ impl RedisSentinel {
     /// The primary behind the sentinel.
     pub fn primary(&self) -> &RedisServer {
         &self.primary
+    }
+}
+
+/// Starts a sentinel on `port` (its config in `dir`) watching the primary on `primary`, and
+/// waits until it knows the primary; `None` when it exited first (it could not bind `port`).
+async fn start_sentinel(dir: &std::path::Path, port: u16, primary: u16) -> Option<Child> {
+    let conf = dir.join(format!("sentinel-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\nprotected-mode no\nsentinel monitor mymaster 127.0.0.1 {primary} 1\nsentinel down-after-milliseconds mymaster 2000\n"
+        ),
+    )
+    .unwrap();
+    let mut sentinel = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server --sentinel");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if !matches!(sentinel.try_wait(), Ok(None)) {
+            return None;
+        }
+        let reply = redis_cli(&[
+            "-p",
+            &port.to_string(),
+            "sentinel",
+            "get-master-addr-by-name",
+            "mymaster",
+        ]);
+        // Another test's sentinel on the port names its own primary, not ours.
+        if reply.contains(&primary.to_string()) {
+            return Some(sentinel);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sentinel did not start within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -470,5 +485,25 @@ mod tests {
             assert!(r.ping().await);
         }
         assert!(other.ping().await, "the other server is left alone");
+    }
+
+    /// A sentinel whose port another server holds gives up at once (its `redis-server` exits),
+    /// so that [`super::RedisSentinel::start`] moves on to the next port.
+    #[tokio::test]
+    async fn a_sentinel_on_a_taken_port_gives_up() {
+        let (other, primary) = (RedisServer::start().await, RedisServer::start().await);
+        let dir = std::env::temp_dir().join(format!("wasmgate-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let started = std::time::Instant::now();
+        let sentinel = super::start_sentinel(&dir, other.port(), primary.port()).await;
+        assert!(sentinel.is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let free = crate::free_port();
+        let mut sentinel = super::start_sentinel(&dir, free, primary.port())
+            .await
+            .expect("a sentinel on a free port");
+        let _ = sentinel.kill();
+        let _ = sentinel.wait();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
