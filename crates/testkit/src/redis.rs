@@ -9,9 +9,31 @@ use fred::interfaces::{ClientLike, KeysInterface};
 use fred::monitor::MonitorCommand;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// How many ports [`RedisServer::start_with`] tries, and how often
-/// [`RedisServer::restart`] tries its own.
+/// How many ports [`on_first_free_port`] tries, and how often [`RedisServer::restart`] tries
+/// its own.
 const START_ATTEMPTS: usize = 5;
+
+/// Runs `start` on ports from `ports` (at most [`START_ATTEMPTS`]) until it starts `what` on
+/// one. A port [`crate::free_port`] gives is free when asked, but a parallel test may bind it
+/// before `redis-server` does: the server then exits at once, `start` returns `None`, and the
+/// next port is tried.
+async fn on_first_free_port<T>(
+    ports: impl Iterator<Item = u16>,
+    what: &str,
+    mut start: impl AsyncFnMut(u16) -> Option<T>,
+) -> T {
+    for port in ports.take(START_ATTEMPTS) {
+        if let Some(started) = start(port).await {
+            return started;
+        }
+    }
+    panic!("{what} did not start: each of {START_ATTEMPTS} ports was taken");
+}
+
+/// `child` is no longer running (a `redis-server` that could not bind its port exits at once).
+fn has_exited(child: &mut Child) -> bool {
+    !matches!(child.try_wait(), Ok(None))
+}
 
 /// A `redis-server` child process on `127.0.0.1`.
 pub struct RedisServer {
@@ -42,22 +64,19 @@ impl RedisServer {
         RedisServer::start_on(std::iter::repeat_with(crate::free_port), extra).await
     }
 
-    /// Starts `redis-server` on the first of `ports` it can bind (at most [`START_ATTEMPTS`]).
-    /// A port [`crate::free_port`] gives is free when asked, but a parallel test may bind it
-    /// before `redis-server` does: the server then exits at once, and the next port is tried.
+    /// Starts `redis-server` on the first of `ports` it can bind ([`on_first_free_port`]).
     async fn start_on(ports: impl Iterator<Item = u16>, extra: Vec<String>) -> RedisServer {
         let mut r = RedisServer {
             port: 0,
             child: None,
             extra,
         };
-        for port in ports.take(START_ATTEMPTS) {
+        on_first_free_port(ports, "redis-server", async |port| {
             r.port = port;
-            if r.spawn().await {
-                return r;
-            }
-        }
-        panic!("redis-server did not start: each of {START_ATTEMPTS} ports was taken");
+            r.spawn().await.then_some(())
+        })
+        .await;
+        r
     }
 
     /// Starts `redis-server` on `self.port` and waits until it answers `PING`; false when it
@@ -106,16 +125,9 @@ impl RedisServer {
         );
     }
 
-    /// The child has exited (it is then dropped).
+    /// The child is not running.
     fn exited(&mut self) -> bool {
-        let gone = self
-            .child
-            .as_mut()
-            .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
-        if gone {
-            self.child = None;
-        }
-        gone
+        self.child.as_mut().is_none_or(has_exited)
     }
 
     /// True when the server answers `PING`.
@@ -383,24 +395,24 @@ impl std::fmt::Debug for RedisSentinel {
 
 impl RedisSentinel {
     /// Starts the primary and the sentinel, and waits until the sentinel knows the primary.
-    /// The sentinel moves to the next free port when a parallel test took its own (at most
-    /// [`START_ATTEMPTS`] ports), as [`RedisServer::start`] does.
+    /// The sentinel moves to the next free port when a parallel test took its own
+    /// ([`on_first_free_port`]), as [`RedisServer::start`] does.
     pub async fn start() -> RedisSentinel {
         let primary = RedisServer::start().await;
         let dir = std::env::temp_dir().join(format!("wasmgate-sentinel-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        for _ in 0..START_ATTEMPTS {
-            let port = crate::free_port();
-            if let Some(sentinel) = start_sentinel(&dir, port, primary.port()).await {
-                return RedisSentinel {
-                    primary,
-                    sentinel,
-                    port,
-                    dir,
-                };
-            }
+        let ports = std::iter::repeat_with(crate::free_port);
+        let (port, sentinel) = on_first_free_port(ports, "the sentinel", async |port| {
+            let sentinel = start_sentinel(&dir, port, primary.port()).await?;
+            Some((port, sentinel))
+        })
+        .await;
+        RedisSentinel {
+            primary,
+            sentinel,
+            port,
+            dir,
         }
-        panic!("the sentinel did not start: each of {START_ATTEMPTS} ports was taken");
     }
 
     /// `redis-sentinel://127.0.0.1:PORT?sentinelServiceName=mymaster`.
@@ -437,7 +449,7 @@ async fn start_sentinel(dir: &std::path::Path, port: u16, primary: u16) -> Optio
         .expect("redis-server --sentinel");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if !matches!(sentinel.try_wait(), Ok(None)) {
+        if has_exited(&mut sentinel) {
             return None;
         }
         let reply = redis_cli(&[
