@@ -179,3 +179,52 @@ async fn worker_tokens_match_hashes_made_by_python_hashlib() {
     .await;
     assert_eq!(r.status(), 200, "the operator's set is read");
 }
+
+/// auth remembers the API keys that verified (a MAC of each, per instance): on every later
+/// request a key still maps to its own identity, whichever header carries it, and a key close
+/// to a remembered one (one byte off, a prefix, an extension) is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_api_keys_keep_their_identity_and_near_misses_stay_refused() {
+    let up = upstream().spawn().await;
+    let keys: Vec<String> = (0..40).map(|i| format!("k-remembered-{i:02}")).collect();
+    let gw = gateway()
+        .upstream(&up)
+        .config({
+            let keys = keys.clone();
+            move |c| {
+                c.auth.enabled = true;
+                c.auth.api_keys = keys.iter().map(wasmgate_config::Secret::new).collect();
+            }
+        })
+        .spawn()
+        .await;
+    let c = client();
+    for pass in 0..3 {
+        for (i, key) in keys.iter().enumerate() {
+            // Alternate the headers: both paths share what was remembered.
+            let echo = if (i + pass) % 2 == 0 {
+                json(c.get(gw.url("/v1/models")).header("x-api-key", key)).await
+            } else {
+                json(
+                    c.get(gw.url("/v1/models"))
+                        .header("authorization", format!("Bearer {key}")),
+                )
+                .await
+            };
+            assert_eq!(
+                common::echoed_header(&echo, "x-gateway-identity").unwrap(),
+                format!("key:{}", &sha256_hex(key)[..8]),
+                "pass {pass}: {key} is its own caller"
+            );
+            let near = [
+                key.replacen('k', "j", 1),
+                key[..key.len() - 1].to_string(),
+                format!("{key}x"),
+            ];
+            for wrong in near {
+                let r = get_with(&c, gw.url("/v1/models"), &[("x-api-key", &wrong)]).await;
+                assert_eq!(r.status(), 401, "pass {pass}: {wrong:?} after {key:?}");
+            }
+        }
+    }
+}

@@ -24,23 +24,25 @@ pub struct PluginSeries {
 }
 
 /// Metric names plugins may use: `[a-z0-9_]{1,64}` (anything else is dropped).
-fn valid_metric_name(name: &str) -> bool {
+fn valid_metric_name(name: &[u8]) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
 }
 
 impl PluginSeries {
-    /// Adds to a counter (created on first use).
-    pub fn counter_add(&self, name: &str, value: u64) {
+    /// Adds to a counter (created on first use; a name that is not `[a-z0-9_]{1,64}` is
+    /// dropped). The name is bytes: a bundle member's comes straight from its packed effects,
+    /// and only a new one needs checking.
+    pub fn counter_add(&self, name: &[u8], value: u64) {
         if let Some((_, c)) = self
             .counters
             .read()
             .unwrap()
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| n.as_bytes() == name)
         {
             c.fetch_add(value, Ordering::Relaxed);
             return;
@@ -48,12 +50,14 @@ impl PluginSeries {
         if !valid_metric_name(name) {
             return;
         }
+        // Valid names are ASCII.
+        let name = String::from_utf8_lossy(name);
         let mut counters = self.counters.write().unwrap();
-        match counters.iter().find(|(n, _)| n == name) {
+        match counters.iter().find(|(n, _)| *n == name) {
             Some((_, c)) => {
                 c.fetch_add(value, Ordering::Relaxed);
             }
-            None => counters.push((name.to_string(), AtomicU64::new(value))),
+            None => counters.push((name.into_owned(), AtomicU64::new(value))),
         }
     }
 
@@ -76,7 +80,7 @@ impl PluginSeries {
                 e.1 += 1;
                 e.2 += value;
             }
-            None if valid_metric_name(name) => h.push((name.to_string(), 1, value)),
+            None if valid_metric_name(name.as_bytes()) => h.push((name.to_string(), 1, value)),
             None => {}
         }
     }
@@ -97,7 +101,7 @@ impl PluginMetrics {
     }
     /// Adds to a counter.
     pub fn counter_add(&self, plugin: &str, name: &str, value: u64) {
-        self.series(plugin).counter_add(name, value);
+        self.series(plugin).counter_add(name.as_bytes(), value);
     }
     /// Records a histogram observation (count and sum kept).
     pub fn observe(&self, plugin: &str, name: &str, value: f64) {

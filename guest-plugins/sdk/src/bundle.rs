@@ -135,6 +135,51 @@ pub(crate) fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> Option<R> {
 }
 
 thread_local! {
+    /// The buffer [`with_text`] copies a header value or property into, reused from call to
+    /// call.
+    static SCRATCH: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
+/// What [`with_text`] looks up in the local request.
+pub(crate) enum Lookup<'n> {
+    /// A request header's value (the first when repeated; none when not readable).
+    Header(&'n str),
+    /// A request property.
+    Property(&'n str),
+}
+
+/// Runs `f` on a header value or property of the request, when a bundle member is running:
+/// copied into a buffer reused from call to call (no `String` per call), and the request state
+/// released first, so `f` may call the other SDK functions. Gives `f` back otherwise.
+pub(crate) fn with_text<R, F: FnOnce(Option<&str>) -> R>(what: Lookup<'_>, f: F) -> Result<R, F> {
+    let mut buf = SCRATCH.take();
+    buf.clear();
+    let found = LOCAL.with(|l| {
+        let l = l.borrow();
+        if !l.active {
+            return None;
+        }
+        let bytes = match what {
+            Lookup::Header(name) => l.header_bytes(name),
+            Lookup::Property(key) => l.property_bytes(key),
+        };
+        Some(bytes.map(|b| match text(b) {
+            Some(t) => buf.push_str(t),
+            None => buf.push_str(&String::from_utf8_lossy(b)),
+        }))
+    });
+    let r = match found {
+        None => {
+            SCRATCH.set(buf);
+            return Err(f);
+        }
+        Some(found) => f(found.map(|()| buf.as_str())),
+    };
+    SCRATCH.set(buf);
+    Ok(r)
+}
+
+thread_local! {
     /// The buffer [`with_targets`] copies the head's targets into, reused from call to call.
     static TARGETS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
@@ -161,7 +206,7 @@ fn decode_targets(buf: &[u8]) -> Option<Vec<TargetRef<'_>>> {
         return Some(Vec::new());
     }
     let mut r = Reader { buf, at: 0 };
-    let text = |s: Span| std::str::from_utf8(slice(buf, s)).ok();
+    let text = |s: Span| text(slice(buf, s));
     let n = r.u32()?;
     let mut out = Vec::with_capacity(n.min(256) as usize);
     for _ in 0..n {
@@ -191,7 +236,7 @@ fn decode_targets(buf: &[u8]) -> Option<Vec<TargetRef<'_>>> {
 /// The workers of a packed target: `count` strings in `buf`, checked by [`decode_targets`].
 pub(crate) fn packed_workers(buf: &[u8], count: u32) -> impl Iterator<Item = &str> + '_ {
     let mut r = Reader { buf, at: 0 };
-    (0..count).map_while(move |_| std::str::from_utf8(slice(buf, r.span()?)).ok())
+    (0..count).map_while(move |_| text(slice(buf, r.span()?)))
 }
 
 /// A byte range, of the head or of the edits.
@@ -270,11 +315,37 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// What `HeaderName::from_bytes` accepts (RFC 9110 token characters).
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty() && name.bytes().all(|b| TOKEN[b as usize])
 }
+
+/// The RFC 9110 token characters, by byte.
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
 
 /// What `HeaderValue::from_str` accepts.
 fn valid_value(value: &[u8]) -> bool {
@@ -290,11 +361,25 @@ fn slice(buf: &[u8], s: Span) -> &[u8] {
     &buf[s.0 as usize..(s.0 + s.1) as usize]
 }
 
+/// `bytes` of the head as text. The host writes them from `&str`, and header values only when
+/// visible ASCII, so they are nearly always ASCII: checked as that first, which in wasm costs
+/// a few instructions per word instead of `from_utf8`'s dozen per byte (a request reads a
+/// dozen such strings).
+#[allow(unsafe_code)]
+fn text(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
 /// The head's strings are the host's (UTF-8, and header values visible ASCII).
 fn owned(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    match text(bytes) {
+        Some(s) => s.to_owned(),
+        None => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
 
@@ -434,14 +519,20 @@ impl Local {
             .map(|(_, v)| v.map(|v| self.edit(v)))
     }
 
-    pub(crate) fn get_header(&self, name: &str) -> Option<String> {
+    /// A header's value as the host would show it: the run's latest edit, else the head's
+    /// first value (none when not readable).
+    fn header_bytes(&self, name: &str) -> Option<&[u8]> {
         if let Some(edit) = self.edited(name) {
-            return edit.filter(|v| readable(v)).map(owned);
+            return edit.filter(|v| readable(v));
         }
         self.headers
             .iter()
             .find(|(n, _)| self.head(*n).eq_ignore_ascii_case(name.as_bytes()))
-            .and_then(|(_, v)| v.map(|v| owned(self.head(v))))
+            .and_then(|(_, v)| v.map(|v| self.head(v)))
+    }
+
+    pub(crate) fn get_header(&self, name: &str) -> Option<String> {
+        self.header_bytes(name).map(owned)
     }
 
     /// Every header, in the order the host lists them. The host's map keeps one entry per
@@ -504,19 +595,24 @@ impl Local {
         put_str(&mut self.effects, name);
     }
 
-    pub(crate) fn get_property(&self, key: &str) -> Option<String> {
+    /// A property: the run's latest edit, else the head's.
+    fn property_bytes(&self, key: &str) -> Option<&[u8]> {
         if let Some((_, v)) = self
             .property_edits
             .iter()
             .rev()
             .find(|(k, _)| self.edit(*k) == key.as_bytes())
         {
-            return Some(owned(self.edit(*v)));
+            return Some(self.edit(*v));
         }
         self.properties
             .iter()
             .find(|(k, _)| self.head(*k) == key.as_bytes())
-            .map(|(_, v)| owned(self.head(*v)))
+            .map(|(_, v)| self.head(*v))
+    }
+
+    pub(crate) fn get_property(&self, key: &str) -> Option<String> {
+        self.property_bytes(key).map(owned)
     }
 
     pub(crate) fn set_property(&mut self, key: &str, value: &str) {

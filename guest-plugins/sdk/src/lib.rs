@@ -84,6 +84,13 @@ pub mod request {
     pub fn get_header(name: &str) -> Option<String> {
         with_local(|l| l.get_header(name)).unwrap_or_else(|| host::get_header(name))
     }
+    /// Runs `f` on one request header (the first value when repeated), in request phases:
+    /// [`get_header`] without a new `String` per call when the plugin runs in wasmgate's
+    /// built-in bundle. `f` may call the other SDK functions.
+    pub fn with_header<R>(name: &str, f: impl FnOnce(Option<&str>) -> R) -> R {
+        crate::bundle::with_text(crate::bundle::Lookup::Header(name), f)
+            .unwrap_or_else(|f| f(host::get_header(name).as_deref()))
+    }
     /// Every request header (copies them all: prefer [`get_header`]).
     pub fn get_headers() -> Vec<Header> {
         with_local(|l| l.get_headers()).unwrap_or_else(host::get_headers)
@@ -103,6 +110,12 @@ pub mod request {
     /// A request property set by this or an earlier plugin.
     pub fn get_property(key: &str) -> Option<String> {
         with_local(|l| l.get_property(key)).unwrap_or_else(|| host::get_property(key))
+    }
+    /// Runs `f` on a request property: [`get_property`] without a new `String` per call when
+    /// the plugin runs in wasmgate's built-in bundle. `f` may call the other SDK functions.
+    pub fn with_property<R>(key: &str, f: impl FnOnce(Option<&str>) -> R) -> R {
+        crate::bundle::with_text(crate::bundle::Lookup::Property(key), f)
+            .unwrap_or_else(|f| f(host::get_property(key).as_deref()))
     }
     /// Sets a request property that later plugins (and phases) see.
     pub fn set_property(key: &str, value: &str) {

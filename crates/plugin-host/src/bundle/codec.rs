@@ -137,9 +137,14 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> wasmtime::Result<u64> {
         Ok(u64::from_le_bytes(self.bytes(8)?.try_into()?))
     }
-    fn str(&mut self) -> wasmtime::Result<&'a str> {
+    /// A `str` as bytes: header names and values (which `http` checks itself) and metric
+    /// names (checked against `[a-z0-9_]`) need no UTF-8 check first.
+    fn raw(&mut self) -> wasmtime::Result<&'a [u8]> {
         let n = self.u32()? as usize;
-        std::str::from_utf8(self.bytes(n)?).map_err(|_| format_err!("bundle effects: not UTF-8"))
+        self.bytes(n)
+    }
+    fn str(&mut self) -> wasmtime::Result<&'a str> {
+        std::str::from_utf8(self.raw()?).map_err(|_| format_err!("bundle effects: not UTF-8"))
     }
 }
 
@@ -158,10 +163,10 @@ pub(crate) fn apply_effects(host: &mut HostState, effects: &[u8]) -> wasmtime::R
     loop {
         match r.u8()? {
             op::SET_HEADER => {
-                let (name, value) = (r.str()?, r.str()?);
+                let (name, value) = (r.raw()?, r.raw()?);
                 host.set_request_header(name, value);
             }
-            op::REMOVE_HEADER => host.remove_request_header(r.str()?),
+            op::REMOVE_HEADER => host.remove_request_header(r.raw()?),
             op::SET_PROPERTY => {
                 let (k, v) = (r.str()?, r.str()?);
                 host.req.properties.insert(k.to_string(), v.to_string());
@@ -173,12 +178,12 @@ pub(crate) fn apply_effects(host: &mut HostState, effects: &[u8]) -> wasmtime::R
                     2 => QueueMode::Append,
                     m => return Err(format_err!("bundle effects: queue mode {m}")),
                 };
-                let (name, value) = (r.str()?, r.str()?);
+                let (name, value) = (r.raw()?, r.raw()?);
                 host.queue_response_header(name, value, mode);
             }
             op::SKIP_RESPONSE_BODY => skip_response_body = true,
             op::COUNTER_ADD => {
-                let name = r.str()?;
+                let name = r.raw()?;
                 let value = r.u64()?;
                 host.counter_add(name, value);
             }

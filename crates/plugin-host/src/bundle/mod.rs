@@ -286,13 +286,20 @@ pub(crate) struct BundleRun {
 }
 
 impl BundleRun {
-    /// A run of the members in `run`, for requests of `tenant`.
-    pub(crate) fn new(run: u64, tenant: Option<String>) -> BundleRun {
+    /// A run of the members in `run`, for requests of `tenant`; `results` is an empty vector
+    /// to fill (the instance's, kept from run to run).
+    pub(crate) fn new(
+        run: u64,
+        tenant: Option<String>,
+        mut results: Vec<MemberResult>,
+    ) -> BundleRun {
+        results.clear();
+        results.reserve(run.count_ones() as usize);
         BundleRun {
             run,
             current: next_member(run, None),
             tenant,
-            results: Vec::with_capacity(run.count_ones() as usize),
+            results,
         }
     }
 }

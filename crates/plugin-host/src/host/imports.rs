@@ -123,7 +123,7 @@ impl log::Host for HostState {
 
 impl metrics::Host for HostState {
     fn counter_add(&mut self, name: String, value: u64) {
-        HostState::counter_add(self, &name, value);
+        HostState::counter_add(self, name.as_bytes(), value);
     }
     fn histogram_observe(&mut self, name: String, value: f64) {
         HostState::histogram_observe(self, &name, value);

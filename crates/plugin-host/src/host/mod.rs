@@ -7,7 +7,7 @@
 //! `imports.rs`.
 use std::sync::Arc;
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, ResourceTable, WasmList};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -139,6 +139,12 @@ pub struct HostState {
     /// In a built-in bundle's instance: the packed request head of its last run, the buffer
     /// reused by the next (an instance serves one request at a time).
     pub(crate) head: Vec<u8>,
+    /// In a built-in bundle's instance: where a commit's effects are copied out of the
+    /// instance's memory, reused from commit to commit.
+    effects: Vec<u8>,
+    /// In a built-in bundle's instance: the members' results of its last run, the vector
+    /// reused by the next.
+    pub(crate) spare_results: Vec<crate::bundle::MemberResult>,
 }
 
 impl HostState {
@@ -170,6 +176,8 @@ impl HostState {
             member_grants: Vec::new(),
             bundle: None,
             head: Vec::new(),
+            effects: Vec::new(),
+            spare_results: Vec::new(),
         }
     }
 }
@@ -189,17 +197,30 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     GatewayPlugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     // What only the built-in bundle imports (a plugin that imports it is refused: the
-    // `gateway-plugin` world does not have it, see `inspect`).
-    crate::bindings::bundle::wasmgate::plugin::bundle::add_to_linker::<HostState, HasSelf<HostState>>(
-        linker,
-        |s| s,
+    // `gateway-plugin` world does not have it, see `inspect`). `commit` is defined by hand,
+    // not by bindgen, to read the effects where they lie in the instance's memory (a
+    // `WasmList`) into a buffer the store keeps, instead of a new `Vec` every commit. The
+    // version is the WIT package's (`wit/builtin-bundle.wit`).
+    let mut bundle = linker.instance("wasmgate:plugin/bundle@0.1.0")?;
+    bundle.func_wrap(
+        "commit",
+        |mut store: wasmtime::StoreContextMut<'_, HostState>,
+         (member, effects): (u32, WasmList<u8>)| {
+            let mut buf = std::mem::take(&mut store.data_mut().effects);
+            buf.clear();
+            buf.extend_from_slice(effects.as_le_slice(&store));
+            let go_on = store.data_mut().commit(member, &buf);
+            store.data_mut().effects = buf;
+            Ok((go_on?,))
+        },
     )
 }
 
 impl types::Host for HostState {}
 
-impl crate::bindings::bundle::wasmgate::plugin::bundle::Host for HostState {
-    fn commit(&mut self, member: u32, effects: Vec<u8>) -> wasmtime::Result<bool> {
+impl HostState {
+    /// `bundle.commit`: member `member` returned, having done `effects`.
+    fn commit(&mut self, member: u32, effects: &[u8]) -> wasmtime::Result<bool> {
         match self.bundle.as_ref() {
             Some(run) if run.current == Some(member) => {}
             Some(run) => wasmtime::bail!(
@@ -208,7 +229,7 @@ impl crate::bindings::bundle::wasmgate::plugin::bundle::Host for HostState {
             ),
             None => wasmtime::bail!("bundle commit outside a run"),
         }
-        let done = crate::bundle::codec::apply_effects(self, &effects)?;
+        let done = crate::bundle::codec::apply_effects(self, effects)?;
         let answered = matches!(done.action, crate::bindings::Action::Respond(_));
         let tenant_changed = {
             let run = self.bundle.as_ref().expect("checked above");
@@ -228,9 +249,7 @@ impl crate::bindings::bundle::wasmgate::plugin::bundle::Host for HostState {
         }
         Ok(next.is_some() && !answered && !tenant_changed)
     }
-}
 
-impl HostState {
     /// Scopes the store's grants (kv namespace, reads, log name, metrics) to bundle member
     /// `member`, which runs next.
     pub(crate) fn enter_member(&mut self, member: u32) {

@@ -187,10 +187,11 @@ impl RequestState {
 /// A header name from a plugin. The names plugins use are few and used on every request
 /// (`x-gateway-identity`, `x-ratelimit-limit`...), and a name that is not a standard one costs
 /// an allocation to parse: the names parsed on this thread are kept (up to 256), and a kept
-/// one is a reference-count increment.
-fn header_name(name: &str) -> Option<HeaderName> {
+/// one is a reference-count increment. Names are bytes: a bundle member's come straight from
+/// its packed effects, and `HeaderName` checks them itself (no UTF-8 check first).
+fn header_name(name: &[u8]) -> Option<HeaderName> {
     thread_local! {
-        static NAMES: std::cell::RefCell<std::collections::HashMap<Box<str>, HeaderName, foldhash::fast::RandomState>> =
+        static NAMES: std::cell::RefCell<std::collections::HashMap<Box<[u8]>, HeaderName, foldhash::fast::RandomState>> =
             std::cell::RefCell::new(Default::default());
     }
     NAMES.with(|names| {
@@ -198,7 +199,7 @@ fn header_name(name: &str) -> Option<HeaderName> {
         if let Some(n) = names.get(name) {
             return Some(n.clone());
         }
-        let n = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        let n = HeaderName::from_bytes(name).ok()?;
         if names.len() >= 256 {
             names.clear();
         }
@@ -225,16 +226,18 @@ fn all(map: &HeaderMap) -> Vec<Header> {
         .collect()
 }
 
-fn set(map: &mut HeaderMap, name: &str, value: &str) {
-    if let (Some(n), Ok(v)) = (header_name(name), HeaderValue::from_str(value)) {
+/// Sets a header (invalid names or values are ignored). `HeaderValue::from_bytes` accepts
+/// exactly the bytes `from_str` does.
+fn set(map: &mut HeaderMap, name: &[u8], value: &[u8]) {
+    if let (Some(n), Ok(v)) = (header_name(name), HeaderValue::from_bytes(value)) {
         map.insert(n, v);
     }
 }
 
 impl HostState {
     /// Queues a response header (invalid names or values are ignored).
-    pub(crate) fn queue_response_header(&mut self, name: &str, value: &str, mode: QueueMode) {
-        if let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_str(value)) {
+    pub(crate) fn queue_response_header(&mut self, name: &[u8], value: &[u8], mode: QueueMode) {
+        if let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_bytes(value)) {
             self.req
                 .queued_response_headers
                 .push(QueuedHeader { name, value, mode });
@@ -242,17 +245,19 @@ impl HostState {
     }
 
     /// Sets a request header, replacing any value (invalid names or values are ignored).
-    pub(crate) fn set_request_header(&mut self, name: &str, value: &str) {
+    pub(crate) fn set_request_header(&mut self, name: &[u8], value: &[u8]) {
         set(&mut self.req.headers, name, value);
     }
 
     /// Removes a request header (an invalid name removes nothing).
-    pub(crate) fn remove_request_header(&mut self, name: &str) {
-        self.req.headers.remove(name);
+    pub(crate) fn remove_request_header(&mut self, name: &[u8]) {
+        if let Some(name) = header_name(name) {
+            self.req.headers.remove(&name);
+        }
     }
 
     /// Adds to one of the plugin's counters, when `metrics` is granted.
-    pub(crate) fn counter_add(&mut self, name: &str, value: u64) {
+    pub(crate) fn counter_add(&mut self, name: &[u8], value: u64) {
         if self.grants.metrics {
             self.grants.series.counter_add(name, value);
         }
@@ -303,10 +308,10 @@ impl request::Host for HostState {
         all(&self.req.headers)
     }
     fn set_header(&mut self, name: String, value: String) {
-        self.set_request_header(&name, &value);
+        self.set_request_header(name.as_bytes(), value.as_bytes());
     }
     fn remove_header(&mut self, name: String) {
-        self.remove_request_header(&name);
+        self.remove_request_header(name.as_bytes());
     }
     fn get_property(&mut self, key: String) -> Option<String> {
         self.req.properties.get(&key).cloned()
@@ -324,17 +329,21 @@ impl request::Host for HostState {
         all(&self.req.response_headers)
     }
     fn set_response_header(&mut self, name: String, value: String) {
-        set(&mut self.req.response_headers, &name, &value);
+        set(
+            &mut self.req.response_headers,
+            name.as_bytes(),
+            value.as_bytes(),
+        );
     }
     fn skip_response_body(&mut self) {
         self.req.skip_response_body = true;
     }
     fn add_response_header(&mut self, name: String, value: String) {
-        self.queue_response_header(&name, &value, QueueMode::Replace);
+        self.queue_response_header(name.as_bytes(), value.as_bytes(), QueueMode::Replace);
     }
     fn add_response_headers(&mut self, headers: Vec<Header>, mode: QueueMode) {
         for h in &headers {
-            self.queue_response_header(&h.name, &h.value, mode);
+            self.queue_response_header(h.name.as_bytes(), h.value.as_bytes(), mode);
         }
     }
     fn remove_response_header(&mut self, name: String) {

@@ -68,7 +68,8 @@ impl RequestSession {
         codec::encode_head(&self.state, &mut head);
         std::mem::swap(&mut data.req, &mut self.state);
         data.io_wait = std::time::Duration::ZERO;
-        data.bundle = Some(BundleRun::new(run, tenant));
+        let results = std::mem::take(&mut data.spare_results);
+        data.bundle = Some(BundleRun::new(run, tenant, results));
         data.enter_member(run.trailing_zeros());
         inst.store.set_epoch_deadline(bundle.run_ticks(run));
         let started = Instant::now();
@@ -81,10 +82,10 @@ impl RequestSession {
         let data = inst.store.data_mut();
         std::mem::swap(&mut data.req, &mut self.state);
         data.head = head;
-        let progress = data.bundle.take().expect("set above");
+        let mut progress = data.bundle.take().expect("set above");
 
         let mut since = started;
-        for r in progress.results {
+        for r in progress.results.drain(..) {
             let k = at[r.member as usize];
             self.count_member_call(k, since, r.at - since, false);
             since = r.at;
@@ -108,6 +109,9 @@ impl RequestSession {
             Ok(()) => {
                 if step.answer.is_none() && progress.current.is_none() {
                     step.next = end;
+                }
+                if let Some(inst) = checkout.inst.as_mut() {
+                    inst.store.data_mut().spare_results = progress.results;
                 }
                 bundle.give_back(checkout);
                 Ok(step)

@@ -328,6 +328,10 @@ impl RequestSession {
     ) -> Result<(), PluginFailure> {
         self.state.response_status = Some(status);
         self.state.response_headers = std::mem::take(headers);
+        // One growth of the map for the queued headers, not one per power of two they cross.
+        self.state
+            .response_headers
+            .reserve(self.state.queued_response_headers.len());
         for h in self.state.queued_response_headers.drain(..) {
             h.apply(&mut self.state.response_headers);
         }
