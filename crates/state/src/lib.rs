@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -190,26 +190,43 @@ impl StoreHealth {
     }
 }
 
-/// Tracks up/down transitions from operation outcomes (shared by the backend and its probe).
-/// Every operation reports its outcome, so the common case (up, and still up) is one atomic
-/// load; the mutex is taken only on a transition.
+/// Tracks up/down transitions (shared by the backend and its probe). A failed operation marks
+/// the backend down at once; only a probe that *began* after the latest transition to down
+/// marks it up again. An operation's success does not: during an outage a reply that was on
+/// its way when the connection broke can arrive after another command's failure, and it
+/// would flip the state back to up for a moment (seen as a flaky `/gateway/health`). Recovery
+/// therefore shows within one probe interval. The common case (up, and a failure or probe
+/// that changes nothing) is one atomic load; the mutex is taken only on a transition.
 #[derive(Debug, Default)]
 pub(crate) struct HealthCell {
     is_down: AtomicBool,
+    /// Transitions to down so far: a probe that saw another count when it began is stale.
+    downs: AtomicU64,
     down: Mutex<Option<(String, u64)>>,
 }
 
 impl HealthCell {
-    pub(crate) fn ok(&self) {
+    /// Call before a probe's command; pass the result to [`HealthCell::probe_ok`].
+    pub(crate) fn probe_started(&self) -> u64 {
+        self.downs.load(Ordering::Acquire)
+    }
+
+    /// A probe that began at `started` ([`HealthCell::probe_started`]) succeeded: up, unless
+    /// the backend went down after the probe began.
+    pub(crate) fn probe_ok(&self, started: u64) {
         if !self.is_down.load(Ordering::Acquire) {
             return;
         }
         let mut down = self.down.lock().unwrap();
+        if self.downs.load(Ordering::Acquire) != started {
+            return;
+        }
         if let Some((error, _)) = down.take() {
             tracing::info!(previous_error = %error, "state store is back");
         }
         self.is_down.store(false, Ordering::Release);
     }
+
     pub(crate) fn failed(&self, error: &str) {
         if self.is_down.load(Ordering::Acquire) {
             return;
@@ -218,6 +235,7 @@ impl HealthCell {
         if down.is_none() {
             tracing::warn!(%error, "state store is down; plugins get `unavailable` and apply their fail policy");
             *down = Some((error.to_string(), unix_secs()));
+            self.downs.fetch_add(1, Ordering::AcqRel);
         }
         self.is_down.store(true, Ordering::Release);
     }
@@ -273,4 +291,37 @@ pub async fn open_state(config: &wasmgate_config::Config) -> Result<SharedState,
     let workers = WorkerRegistry::new(store.clone(), WorkerRegistryOptions::from_config(config));
     workers.start();
     Ok(SharedState { store, workers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HealthCell;
+
+    /// A probe whose reply was on its way when the store went down does not mark it up; one
+    /// sent after does.
+    #[test]
+    fn only_a_probe_begun_after_the_failure_marks_the_store_up() {
+        let h = HealthCell::default();
+        assert!(h.health("redis").is_up());
+        let stale = h.probe_started();
+        h.failed("connection reset");
+        h.probe_ok(stale);
+        let health = h.health("redis");
+        assert!(!health.is_up(), "a stale success is ignored");
+        assert_eq!(health.error.as_deref(), Some("connection reset"));
+
+        let fresh = h.probe_started();
+        h.failed("another command failed too");
+        h.probe_ok(fresh);
+        assert!(
+            h.health("redis").is_up(),
+            "a probe begun while down brings it back"
+        );
+
+        // Down again: a probe begun in the earlier outage is stale once more.
+        h.failed("gone again");
+        h.probe_ok(fresh);
+        assert!(!h.health("redis").is_up());
+        assert_eq!(h.health("redis").error.as_deref(), Some("gone again"));
+    }
 }

@@ -204,15 +204,11 @@ impl RedisStore {
     /// Records the outcome for `/gateway/health`.
     fn track<T>(&self, r: Result<T, FredError>) -> StoreResult<T> {
         match r {
-            Ok(v) => {
-                self.health.ok();
-                Ok(v)
-            }
+            Ok(v) => Ok(v),
             Err(e) => {
                 let e = classify(e);
-                match &e {
-                    StoreError::Unavailable(m) => self.health.failed(m),
-                    StoreError::Refused(_) => self.health.ok(),
+                if let StoreError::Unavailable(m) = &e {
+                    self.health.failed(m);
                 }
                 Err(e)
             }
@@ -287,8 +283,9 @@ fn spawn_probe(health: Weak<HealthCell>, pool: Pool) {
                 health.failed("not connected to Redis (reconnecting)");
                 continue;
             }
+            let started = health.probe_started();
             match client.ping::<String>(None).await {
-                Ok(_) => health.ok(),
+                Ok(_) => health.probe_ok(started),
                 Err(e) => health.failed(&format!("ping failed: {}", e.details())),
             }
         }
@@ -466,7 +463,6 @@ impl Store for RedisStore {
                     Some(Err(e)) => return self.track(Err(e)),
                 }
             }
-            self.health.ok();
             Ok(out)
         })
     }
