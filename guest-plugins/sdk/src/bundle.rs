@@ -163,10 +163,7 @@ pub(crate) fn with_text<R, F: FnOnce(Option<&str>) -> R>(what: Lookup<'_>, f: F)
             Lookup::Header(name) => l.header_bytes(name),
             Lookup::Property(key) => l.property_bytes(key),
         };
-        Some(bytes.map(|b| match text(b) {
-            Some(t) => buf.push_str(t),
-            None => buf.push_str(&String::from_utf8_lossy(b)),
-        }))
+        Some(bytes.map(|b| push_text(&mut buf, b)))
     });
     let r = match found {
         None => {
@@ -318,31 +315,19 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| TOKEN[b as usize])
 }
 
-/// The RFC 9110 token characters, by byte.
+/// The RFC 9110 token characters, by byte: letters, digits and these.
 static TOKEN: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0;
     while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
+        t[b] = (b as u8).is_ascii_alphanumeric();
         b += 1;
+    }
+    let others = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < others.len() {
+        t[others[i] as usize] = true;
+        i += 1;
     }
     t
 };
@@ -375,12 +360,19 @@ fn text(bytes: &[u8]) -> Option<&str> {
     }
 }
 
-/// The head's strings are the host's (UTF-8, and header values visible ASCII).
-fn owned(bytes: &[u8]) -> String {
+/// Appends `bytes` of the head to `out` as text. The head's strings are the host's (UTF-8, and
+/// header values visible ASCII): anything else is replaced, never refused.
+fn push_text(out: &mut String, bytes: &[u8]) {
     match text(bytes) {
-        Some(s) => s.to_owned(),
-        None => String::from_utf8_lossy(bytes).into_owned(),
+        Some(s) => out.push_str(s),
+        None => out.push_str(&String::from_utf8_lossy(bytes)),
     }
+}
+
+fn owned(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    push_text(&mut s, bytes);
+    s
 }
 
 impl Local {

@@ -249,10 +249,11 @@ impl HostState {
         set(&mut self.req.headers, name, value);
     }
 
-    /// Removes a request header (an invalid name removes nothing).
+    /// Removes a request header (an invalid name removes nothing). `HeaderMap` parses a `&str`
+    /// name on the stack: no interning (a name only removed need not be kept), one hash.
     pub(crate) fn remove_request_header(&mut self, name: &[u8]) {
-        if let Some(name) = header_name(name) {
-            self.req.headers.remove(&name);
+        if let Ok(name) = std::str::from_utf8(name) {
+            self.req.headers.remove(name);
         }
     }
 

@@ -201,18 +201,16 @@ impl RedisStore {
         }
     }
 
-    /// Records the outcome for `/gateway/health`.
+    /// Classifies a failure, and records it for `/gateway/health` when it means Redis is
+    /// unreachable (only the probe marks it up again: [`HealthCell`]).
     fn track<T>(&self, r: Result<T, FredError>) -> StoreResult<T> {
-        match r {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                let e = classify(e);
-                if let StoreError::Unavailable(m) = &e {
-                    self.health.failed(m);
-                }
-                Err(e)
+        r.map_err(|e| {
+            let e = classify(e);
+            if let StoreError::Unavailable(m) = &e {
+                self.health.failed(m);
             }
-        }
+            e
+        })
     }
 
     async fn eval<R: fred::types::FromValue>(

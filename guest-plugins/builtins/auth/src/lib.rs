@@ -19,9 +19,9 @@
 //! tenant become request properties and the `X-Gateway-Identity` header upstream (the proxy
 //! removes a client's own before plugins run); the gateway's credential (API key or bearer) is
 //! removed before forwarding. Otherwise `401 unauthorized` with `WWW-Authenticate`.
-use base64::Engine;
 use std::hash::Hasher;
 
+use base64::Engine;
 use siphasher::sip128::{Hasher128, SipHasher24};
 use wasmgate_plugin_sdk::prelude::*;
 

@@ -57,20 +57,20 @@ pub struct RateLimit {
     key: String,
 }
 
-impl RateLimit {
-    /// The limit, window and key scope (written into `key`) for this request: a tenant's
+impl Settings {
+    /// The limit, window and key scope (appended to `key`) for this request: a tenant's
     /// override wins over a route's, which wins over the default.
     fn applicable(&self, key: &mut String) -> (u64, u64) {
         let pick = |o: &Override| {
             (
-                o.max_requests.unwrap_or(self.s.max_requests),
-                o.window_ms.unwrap_or(self.s.window_ms),
+                o.max_requests.unwrap_or(self.max_requests),
+                o.window_ms.unwrap_or(self.window_ms),
             )
         };
         // Each lookup is a host call: skipped when nothing is configured per tenant or route.
-        if !self.s.tenants.is_empty() {
+        if !self.tenants.is_empty() {
             if let Some(t) = request::tenant() {
-                if let Some(o) = self.s.tenants.get(&t) {
+                if let Some(o) = self.tenants.get(&t) {
                     key.push_str("tenant:");
                     key.push_str(&t);
                     key.push(':');
@@ -78,16 +78,16 @@ impl RateLimit {
                 }
             }
         }
-        if !self.s.routes.is_empty() {
+        if !self.routes.is_empty() {
             let route = request::route();
-            if let Some(o) = self.s.routes.get(&route) {
+            if let Some(o) = self.routes.get(&route) {
                 key.push_str("route:");
                 key.push_str(&route);
                 key.push(':');
                 return pick(o);
             }
         }
-        (self.s.max_requests, self.s.window_ms)
+        (self.max_requests, self.window_ms)
     }
 }
 
@@ -143,15 +143,14 @@ impl Plugin for RateLimit {
     }
 
     fn on_request_headers(&mut self) -> Action {
-        let mut key = std::mem::take(&mut self.key);
+        let key = &mut self.key;
         key.clear();
-        let (limit, window_ms) = self.applicable(&mut key);
-        push_client(&mut key);
+        let (limit, window_ms) = self.s.applicable(key);
+        push_client(key);
         let hit = match self.s.algorithm {
-            Algorithm::Sliding => kv::window_hit(&key, limit, window_ms),
-            Algorithm::Fixed => kv::fixed_window_hit(&key, limit, window_ms),
+            Algorithm::Sliding => kv::window_hit(key, limit, window_ms),
+            Algorithm::Fixed => kv::fixed_window_hit(key, limit, window_ms),
         };
-        self.key = key;
         match hit {
             Ok(w) => {
                 // Queued now, set on the response (upstream's or the 429): no response phase.
