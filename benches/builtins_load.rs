@@ -17,6 +17,11 @@
 //! the requests it served): a figure that, unlike req/s, does not move with what the machine's
 //! other core is doing. The ratio of CPU per request is the throughput ratio a gateway bound
 //! by its own thread would reach.
+// The allocator the `wasmgate` binary ships with (src/main.rs), so this measures what ships.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -4,6 +4,11 @@
 //! - the same copying all 20 headers (`get-headers`), to show what by-value costs;
 //! - checkout + return of a pooled instance;
 //! - a fresh instance (instantiate + `init`).
+// The allocator the `wasmgate` binary ships with (src/main.rs), so this measures what ships.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -5,6 +5,11 @@
 //! BENCH_PLUGINS=N loads N copies of a plugin whose `on-request-headers` does nothing
 //! (`test-plugins/bench`, `read = "none"`) instead: the fixed cost of a plugin in the chain,
 //! without host calls or work of its own.
+// The allocator the `wasmgate` binary ships with (src/main.rs), so this measures what ships.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

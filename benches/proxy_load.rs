@@ -5,6 +5,11 @@
 //!
 //! Knobs: BENCH_SECONDS (per round, default 3), BENCH_ROUNDS (default 9),
 //! BENCH_CONNECTIONS (default 32).
+// The allocator the `wasmgate` binary ships with (src/main.rs), so this measures what ships.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -5,6 +5,11 @@
 //!
 //! Knobs: BENCH_MILLIS (per operation, default 1000), BENCH_CONCURRENCY (in-flight calls,
 //! default 16).
+// The allocator the `wasmgate` binary ships with (src/main.rs), so this measures what ships.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

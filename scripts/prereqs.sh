@@ -27,6 +27,13 @@ apt_install() {
   fi
 }
 
+# ring (TLS) compiles C, and jemalloc (the binary's allocator) runs its configure script and
+# make: a C compiler and make.
+ensure_c_toolchain() {
+  command -v cc >/dev/null 2>&1 || apt_install gcc "building needs a C compiler. Install it: sudo apt-get install gcc (Debian/Ubuntu) or xcode-select --install (macOS)"
+  command -v make >/dev/null 2>&1 || apt_install make "building jemalloc needs make. Install it: sudo apt-get install make (Debian/Ubuntu)"
+}
+
 # The test kit starts its own redis-server on a free port; it needs the binary.
 ensure_redis_server() {
   command -v redis-server >/dev/null 2>&1 && return

@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prereqs.sh
 ensure_wasm_target
+ensure_c_toolchain
 exec cargo run --release --locked --bin wasmgate -- "$@"

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prereqs.sh
 ensure_wasm_target
+ensure_c_toolchain
 ensure_redis_server
 ensure_docker_compose
 ensure_chromium

@@ -75,6 +75,27 @@ fn the_shipped_example_config_is_valid() {
     );
 }
 
+/// The binary allocates through jemalloc (src/main.rs), not the system malloc: jemalloc reads
+/// its options from `_RJEM_MALLOC_CONF` (tikv-jemallocator's prefixed build) and names one it
+/// does not know on stderr. glibc's malloc ignores the variable.
+#[test]
+#[cfg(not(target_env = "msvc"))]
+fn the_binary_allocates_through_jemalloc() {
+    let dir = tempdir("allocator");
+    let out = wasmgate_command(&dir)
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "wasmgate_probe:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("<jemalloc>") && err.contains("wasmgate_probe"),
+        "jemalloc did not read its options: {err:?}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acip_env_mode_reads_dotenv_and_sets_worker_threads() {
     let up = upstream().spawn().await;
