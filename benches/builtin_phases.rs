@@ -6,11 +6,6 @@
 //! headers and an API key; "the request alone" is what building it costs, to subtract.
 //! `BENCH_PROFILE=<case label> BENCH_ITERS=<n>` runs one case without criterion, under a
 //! profiler (`BENCH_PERF_MAP=1` names the plugins' functions in `/tmp/perf-<pid>.map`).
-// The allocator the `wasmgate` binary ships with (src/main.rs), so this measures what ships.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use std::sync::Arc;
 
 use criterion::{criterion_group, Criterion};
@@ -18,6 +13,9 @@ use wasmgate_config::{Config, RouterStrategy, Secret};
 use wasmgate_plugin_host::{
     builtins, EngineOptions, HostServices, PluginRuntime, RequestState, TargetView, UpstreamView,
 };
+
+#[path = "../src/allocator.rs"]
+mod allocator;
 
 /// Two targets, one busier: what the proxy's upstream reports to a router.
 #[derive(Debug)]

@@ -17,11 +17,6 @@
 //! the requests it served): a figure that, unlike req/s, does not move with what the machine's
 //! other core is doing. The ratio of CPU per request is the throughput ratio a gateway bound
 //! by its own thread would reach.
-// The allocator the `wasmgate` binary ships with (src/main.rs), so this measures what ships.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -31,6 +26,9 @@ use wasmgate_testkit::load::{
     with_cpu_per_request, HaltPoll, LoadResult,
 };
 use wasmgate_testkit::RedisServer;
+
+#[path = "../src/allocator.rs"]
+mod allocator;
 
 const KEY: (&str, &str) = ("x-api-key", "bench-key-1");
 

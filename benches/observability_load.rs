@@ -5,16 +5,14 @@
 //! temp directory (a log shipper's pipe would be similar). `cargo bench --bench
 //! observability_load` (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONNECTIONS; BENCH_ONLY=metrics or
 //! BENCH_ONLY=log turns on one of the two).
-// The allocator the `wasmgate` binary ships with (src/main.rs), so this measures what ships.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use std::time::Duration;
 
 use wasmgate_testkit::load::{
     fast_upstream, knobs, run_load_with, serve_gateway, single_route_config,
 };
+
+#[path = "../src/allocator.rs"]
+mod allocator;
 
 fn main() {
     let (secs, rounds, conns) = knobs();

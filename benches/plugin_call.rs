@@ -4,17 +4,15 @@
 //! - the same copying all 20 headers (`get-headers`), to show what by-value costs;
 //! - checkout + return of a pooled instance;
 //! - a fresh instance (instantiate + `init`).
-// The allocator the `wasmgate` binary ships with (src/main.rs), so this measures what ships.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use wasmgate_plugin_host::{
     guests, HostServices, LoadedPlugin, PluginRuntime, PluginSettings, PluginSource, RequestState,
 };
+
+#[path = "../src/allocator.rs"]
+mod allocator;
 
 fn state(headers: usize) -> Box<RequestState> {
     let mut s = RequestState {

@@ -5,11 +5,6 @@
 //! BENCH_PLUGINS=N loads N copies of a plugin whose `on-request-headers` does nothing
 //! (`test-plugins/bench`, `read = "none"`) instead: the fixed cost of a plugin in the chain,
 //! without host calls or work of its own.
-// The allocator the `wasmgate` binary ships with (src/main.rs), so this measures what ships.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +13,9 @@ use wasmgate_testkit::load::{
     fast_upstream, knobs, median, run_load, serve_gateway, single_route_config,
     with_cpu_per_request, LoadResult,
 };
+
+#[path = "../src/allocator.rs"]
+mod allocator;
 
 fn gateway(name: &str, upstream: SocketAddr, plugins: Option<(PathBuf, usize)>) -> SocketAddr {
     let expected = plugins.as_ref().map_or(0, |p| p.1);

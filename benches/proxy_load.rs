@@ -5,17 +5,15 @@
 //!
 //! Knobs: BENCH_SECONDS (per round, default 3), BENCH_ROUNDS (default 9),
 //! BENCH_CONNECTIONS (default 32).
-// The allocator the `wasmgate` binary ships with (src/main.rs), so this measures what ships.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use wasmgate_testkit::load::{
     fast_upstream, knobs, minimal_proxy, run_load, serve_gateway, single_route_config, LoadResult,
 };
+
+#[path = "../src/allocator.rs"]
+mod allocator;
 
 fn gateway(upstream: SocketAddr) -> SocketAddr {
     serve_gateway("bench-wasmgate", single_route_config(upstream), None).0

@@ -5,11 +5,6 @@
 //!
 //! Knobs: BENCH_MILLIS (per operation, default 1000), BENCH_CONCURRENCY (in-flight calls,
 //! default 16).
-// The allocator the `wasmgate` binary ships with (src/main.rs), so this measures what ships.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +12,9 @@ use wasmgate_config::{RedisConfig, Secret};
 use wasmgate_state::{MemoryStore, RedisStore, Store};
 use wasmgate_testkit::load::env_knob;
 use wasmgate_testkit::RedisServer;
+
+#[path = "../src/allocator.rs"]
+mod allocator;
 
 #[derive(Clone, Copy)]
 enum Op {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod allocator;
 mod demo;
 mod install;
 mod probe;
@@ -12,14 +13,6 @@ mod reload;
 mod source;
 
 use source::ConfigLoader;
-
-/// jemalloc, not the system allocator: a request allocates and frees dozens of small buffers
-/// across threads (hyper's, the plugin host's, a plugin's effects), and glibc's malloc costs
-/// the built-in chain ~1.3 µs of CPU a request more (docs/performance.md, "2026-12-05, morning:
-/// jemalloc"). The benchmarks declare the same allocator, so they measure what ships.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A WebAssembly-extensible API gateway for GPU inference backends.
 #[derive(Debug, Parser)]

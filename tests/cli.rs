@@ -75,7 +75,7 @@ fn the_shipped_example_config_is_valid() {
     );
 }
 
-/// The binary allocates through jemalloc (src/main.rs), not the system malloc: jemalloc reads
+/// The binary allocates through jemalloc (src/allocator.rs), not the system malloc: jemalloc reads
 /// its options from `_RJEM_MALLOC_CONF` (tikv-jemallocator's prefixed build) and names one it
 /// does not know on stderr. glibc's malloc ignores the variable.
 #[test]

@@ -2,9 +2,12 @@
 //! against Redis (a real `redis-server` on a free port), including expiry and concurrency, plus
 //! what only Redis can show: several replicas (separate connection pools) enforcing one exact
 //! limit, and a rate-limit decision costing one round trip.
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::eventually;
 use wasmgate_config::{RedisConfig, Secret};
 use wasmgate_state::{MemoryStore, RedisStore, Store, StoreError};
 use wasmgate_testkit::{RedisCluster, RedisSentinel, RedisServer};
@@ -533,15 +536,7 @@ async fn redis_outage_is_reported_and_recovered_from() {
     assert!(recovered, "reconnected without a restart");
     // Health follows the background PING (a command's success may be a stale reply): up
     // within about a second.
-    let mut up = false;
-    for _ in 0..50 {
-        if store.health().is_up() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "health says up again: {:?}", store.health());
+    eventually("health says up again", async || store.health().is_up()).await;
     let w = store
         .sliding_window_hit("gateway:o:w", 1, Duration::from_secs(5))
         .await

@@ -1,0 +1,8 @@
+//! The process's allocator: jemalloc, not the system's. A request allocates and frees dozens of
+//! small buffers across threads (hyper's, the plugin host's, a plugin's effects), and glibc's
+//! malloc costs the built-in chain ~1.3 µs of CPU a request more (docs/performance.md,
+//! "2026-12-05, morning: jemalloc"). `src/main.rs` and every benchmark that measures the gateway
+//! include this one file (`#[path]`), so the benchmarks measure what ships.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
