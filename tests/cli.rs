@@ -96,6 +96,34 @@ fn the_binary_allocates_through_jemalloc() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// jemalloc's options compiled into the binary (src/allocator.rs) are the ones in effect, and
+/// `_RJEM_MALLOC_CONF` still overrides them: `stats_print` makes jemalloc list its options at exit.
+#[test]
+#[cfg(not(target_env = "msvc"))]
+fn jemalloc_options_are_compiled_in_and_the_environment_overrides_them() {
+    let dir = tempdir("allocator-conf");
+    let opts = |conf: &str| {
+        let out = wasmgate_command(&dir)
+            .arg("--version")
+            .env("_RJEM_MALLOC_CONF", conf)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let shipped = opts("stats_print:true");
+    assert!(
+        shipped.contains("opt.tcache_gc_incr_bytes: 8388608"),
+        "the compiled-in tcache_gc_incr_bytes is not in effect: {shipped}"
+    );
+    let overridden = opts("stats_print:true,tcache_gc_incr_bytes:65536");
+    assert!(
+        overridden.contains("opt.tcache_gc_incr_bytes: 65536"),
+        "_RJEM_MALLOC_CONF did not override the compiled-in option: {overridden}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acip_env_mode_reads_dotenv_and_sets_worker_threads() {
     let up = upstream().spawn().await;
