@@ -15,6 +15,13 @@ use crate::{Gateway, Snapshot};
 /// The route name plugins see on the worker list endpoint.
 pub const WORKERS_ROUTE: &str = "workers";
 
+/// The worker list's body: `{"total": n, "workers": [...]}`.
+#[derive(serde::Serialize)]
+struct WorkerList<'a> {
+    total: usize,
+    workers: &'a [wasmgate_plugin_host::state::Worker],
+}
+
 pub(super) static WORKERS_ROUTE_NAME: std::sync::LazyLock<Arc<str>> =
     std::sync::LazyLock::new(|| Arc::from(WORKERS_ROUTE));
 
@@ -49,7 +56,15 @@ pub(super) async fn workers_endpoint<B>(
         RequestPhase::NoPlugins => None,
     };
     let workers = gw.services().workers.active();
-    let body = serde_json::json!({"workers": workers, "total": workers.len()});
+    // Written straight from the registry's structs: no `serde_json::Value` tree in between
+    // (`json!` built one, cloning every string, and formatted it; ~2 300 instructions a request
+    // with no worker at all).
+    let list = WorkerList {
+        total: workers.len(),
+        workers: &workers,
+    };
+    // A struct of strings, numbers and a JSON value: serializing it cannot fail.
+    let body = serde_json::to_vec(&list).unwrap_or_default();
     let local = wasmgate_plugin_host::bindings::LocalResponse {
         status: 200,
         headers: vec![
@@ -62,7 +77,7 @@ pub(super) async fn workers_endpoint<B>(
                 value: "no-store".into(),
             },
         ],
-        body: body.to_string().into_bytes(),
+        body,
     };
     local_answer(session, local, request_id, (permit, None), record).await
 }
