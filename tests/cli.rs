@@ -75,25 +75,32 @@ fn the_shipped_example_config_is_valid() {
     );
 }
 
+/// What jemalloc writes on stderr when the binary runs `--version` with `_RJEM_MALLOC_CONF=conf`
+/// (tikv-jemallocator's prefixed name for `MALLOC_CONF`).
+#[cfg(not(target_env = "msvc"))]
+fn jemalloc_stderr(tag: &str, conf: &str) -> String {
+    let dir = tempdir(tag);
+    let out = wasmgate_command(&dir)
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", conf)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(dir).ok();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// The binary allocates through jemalloc (src/allocator.rs), not the system malloc: jemalloc reads
-/// its options from `_RJEM_MALLOC_CONF` (tikv-jemallocator's prefixed build) and names one it
-/// does not know on stderr. glibc's malloc ignores the variable.
+/// its options from `_RJEM_MALLOC_CONF` and names one it does not know on stderr. glibc's malloc
+/// ignores the variable.
 #[test]
 #[cfg(not(target_env = "msvc"))]
 fn the_binary_allocates_through_jemalloc() {
-    let dir = tempdir("allocator");
-    let out = wasmgate_command(&dir)
-        .arg("--version")
-        .env("_RJEM_MALLOC_CONF", "wasmgate_probe:true")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = jemalloc_stderr("allocator", "wasmgate_probe:true");
     assert!(
         err.contains("<jemalloc>") && err.contains("wasmgate_probe"),
         "jemalloc did not read its options: {err:?}"
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// jemalloc's options compiled into the binary (src/allocator.rs) are the ones in effect, and
@@ -101,27 +108,19 @@ fn the_binary_allocates_through_jemalloc() {
 #[test]
 #[cfg(not(target_env = "msvc"))]
 fn jemalloc_options_are_compiled_in_and_the_environment_overrides_them() {
-    let dir = tempdir("allocator-conf");
-    let opts = |conf: &str| {
-        let out = wasmgate_command(&dir)
-            .arg("--version")
-            .env("_RJEM_MALLOC_CONF", conf)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
-    let shipped = opts("stats_print:true");
+    let shipped = jemalloc_stderr("allocator-conf", "stats_print:true");
     assert!(
         shipped.contains("opt.tcache_gc_incr_bytes: 8388608"),
         "the compiled-in tcache_gc_incr_bytes is not in effect: {shipped}"
     );
-    let overridden = opts("stats_print:true,tcache_gc_incr_bytes:65536");
+    let overridden = jemalloc_stderr(
+        "allocator-conf",
+        "stats_print:true,tcache_gc_incr_bytes:65536",
+    );
     assert!(
         overridden.contains("opt.tcache_gc_incr_bytes: 65536"),
         "_RJEM_MALLOC_CONF did not override the compiled-in option: {overridden}"
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
