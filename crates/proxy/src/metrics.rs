@@ -26,8 +26,26 @@ use crate::Gateway;
 // Label values are shared names (`Arc<str>`, an `Authority`): a request allocates no label.
 
 /// A target's `host:port` as a label value (a cheap clone of the parsed authority).
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+///
+/// Hashed and compared as its bytes, in one `write`: `Authority`'s own `Hash` feeds the
+/// hasher a byte at a time (it folds case), which made the upstream histogram's label lookup
+/// ~1 000 instructions a request. Targets come from the configuration, spelled one way each.
+#[derive(Clone, Debug)]
 struct TargetLabel(Authority);
+
+impl PartialEq for TargetLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for TargetLabel {}
+
+impl std::hash::Hash for TargetLabel {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_str().hash(state);
+    }
+}
 
 impl EncodeLabelValue for TargetLabel {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
@@ -570,5 +588,24 @@ mod tests {
             rows.contains(&"wasmgate_genai_usage_tokens_total{route=\"llm\",operation=\"chat\",model=\"other\",token_type=\"input\"} 10"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn upstream_durations_keep_one_series_per_target() {
+        let m = Metrics::new();
+        let up: Arc<str> = Arc::from("llm");
+        let (a, b): (Authority, Authority) = (
+            "10.0.0.1:8000".parse().unwrap(),
+            "10.0.0.2:8000".parse().unwrap(),
+        );
+        for t in [&a, &b, &a] {
+            m.upstream_ok(&up, t, Duration::from_millis(1));
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut out, &m.registry).unwrap();
+        for (target, n) in [("10.0.0.1:8000", 2), ("10.0.0.2:8000", 1)] {
+            let row = format!("wasmgate_upstream_request_duration_seconds_count{{upstream=\"llm\",target=\"{target}\"}} {n}");
+            assert!(out.lines().any(|l| l == row), "{row} in {out}");
+        }
     }
 }
